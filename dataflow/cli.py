@@ -1,0 +1,171 @@
+"""The ``dataflow`` command: run | ops | inspect | dedup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dataflow.storage.file_storage import dumps_row
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; finished steps are cached and the next run resumes after them", file=sys.stderr)
+        return 130
+    except _UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+class _UserError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dataflow", description="Curate image and image-text datasets with cached, "
+                                "resumable pipelines.")
+    sub = p.add_subparsers(title="commands")
+
+    run = sub.add_parser("run", help="run a pipeline from a YAML config (resumes from cached steps)")
+    run.add_argument("config", help="YAML file with 'storage' and 'steps'")
+    run.add_argument("--resume-step", type=int, default=None, help="skip the first N steps (DataFlow style)")
+    run.add_argument("--no-resume", action="store_true", help="rerun every step even if cached")
+    run.add_argument("--check", action="store_true", help="only validate the config and compile the pipeline")
+    run.set_defaults(func=cmd_run)
+
+    ops = sub.add_parser("ops", help="list registered operators")
+    ops.add_argument("--category", choices=["filter", "eval", "generate", "refine", "other"])
+    ops.add_argument("--json", action="store_true", help="machine-readable output")
+    ops.add_argument("--lang", default="en", choices=["en", "zh"])
+    ops.set_defaults(func=cmd_ops)
+
+    ins = sub.add_parser("inspect", help="show the steps of a cache folder, or rows of one step")
+    ins.add_argument("cache_dir")
+    ins.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
+    ins.add_argument("--step", type=int, help="print rows of this step")
+    ins.add_argument("--head", type=int, default=5, help="how many rows to print (default 5)")
+    ins.add_argument("--rejected", action="store_true", help="print the step's rejected rows")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+# ---------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from dataflow.core.config import ConfigError, build_pipeline, load_config
+    from dataflow.core.pipeline import PipelineCompileError
+    from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
+
+    config_path = Path(args.config)
+    try:
+        OPERATOR_REGISTRY.load_user_operators([config_path.resolve().parent.parent / "operators",
+                                               config_path.resolve().parent / "operators"])
+        pipeline = build_pipeline(load_config(config_path), str(config_path))
+        pipeline.compile()
+    except (ConfigError, PipelineCompileError, OperatorImportError) as exc:
+        raise _UserError(str(exc)) from None
+    if args.check:
+        print(f"{config_path}: OK, {len(pipeline.compiled_calls)} steps")
+        return 0
+    pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
+    storage = pipeline.storage
+    print(format_steps(storage.cache_path, storage.file_name_prefix))
+    last = storage.step_path(len(pipeline.compiled_calls))
+    print(f"\nresult: {last}\ncache:  {Path(storage.cache_path).resolve()}  (dataflow inspect {storage.cache_path})")
+    return 0
+
+
+# ---------------------------------------------------------------- ops
+def cmd_ops(args) -> int:
+    from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
+
+    try:
+        ops = OPERATOR_REGISTRY.get_obj_map()
+    except OperatorImportError as exc:
+        raise _UserError(str(exc)) from None
+    rows = [{"name": n, "category": c.category, "description": c.get_desc(args.lang), "module": c.__module__}
+            for n, c in ops.items() if not args.category or c.category == args.category]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    width = max((len(r["name"]) for r in rows), default=10)
+    for cat in ("filter", "eval", "generate", "refine", "other"):
+        group = [r for r in rows if r["category"] == cat]
+        if group:
+            print(f"{cat}:")
+            for r in group:
+                print(f"  {r['name']:<{width}}  {r['description']}")
+    return 0
+
+
+# ---------------------------------------------------------------- inspect
+def cmd_inspect(args) -> int:
+    cache = Path(args.cache_dir)
+    if not cache.is_dir():
+        raise _UserError(f"no such cache folder: {cache}")
+    prefix = args.prefix or _only_prefix(cache)
+    if args.step is None:
+        print(format_steps(cache, prefix))
+        return 0
+    manifest = _manifests(cache, prefix).get(args.step)
+    if manifest is None:
+        raise _UserError(f"no step {args.step} with prefix {prefix!r} in {cache}")
+    from dataflow.storage.formats import read_table
+
+    if args.rejected:
+        path = cache / (manifest.get("rejected_file") or "")
+        if not manifest.get("rejected_file") or not path.exists():
+            print(f"step {args.step} rejected no rows")
+            return 0
+        df = read_table(path, "jsonl")[0]
+    else:
+        df = read_table(cache / manifest["file"], manifest["cache_type"])[0]
+    for row in df.head(args.head).to_dict("records"):
+        print(dumps_row(row))
+    print(f"({min(args.head, len(df))} of {len(df)} rows)", file=sys.stderr)
+    return 0
+
+
+def _manifests(cache: Path, prefix: str) -> dict[int, dict]:
+    from dataflow.storage.manifest import read_manifest
+
+    out = {}
+    for path in cache.glob(f"{prefix}_step*.meta.json"):
+        meta = read_manifest(path)
+        if meta and path.name == f"{prefix}_step{meta['step']}.meta.json":
+            out[int(meta["step"])] = meta
+    return dict(sorted(out.items()))
+
+
+def _only_prefix(cache: Path) -> str:
+    prefixes = sorted({p.name.rsplit("_step", 1)[0] for p in cache.glob("*_step*.meta.json")})
+    if not prefixes:
+        raise _UserError(f"{cache} holds no step manifests (*_step<N>.meta.json)")
+    if len(prefixes) > 1:
+        raise _UserError(f"{cache} holds several pipelines; choose one with --prefix: {', '.join(prefixes)}")
+    return prefixes[0]
+
+
+def format_steps(cache_dir, prefix: str) -> str:
+    """The per-step table: operator, rows in / out / rejected, seconds, new columns."""
+    manifests = _manifests(Path(cache_dir), prefix)
+    header = ("step", "operator", "in", "out", "rejected", "seconds", "new columns")
+    rows = [(str(s), m["operator"], str(m.get("rows_in", "")), str(m["rows_out"]), str(m["rows_rejected"]),
+             f"{m['seconds']:.2f}", ", ".join(m.get("new_columns", [])) or "-") for s, m in manifests.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

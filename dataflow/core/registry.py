@@ -1,0 +1,112 @@
+"""The operator registry, and discovery of user operators from project folders."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+class OperatorImportError(ImportError):
+    """A user operator file could not be imported; says which file and why."""
+
+
+class Registry:
+    """Name -> class map filled by ``@OPERATOR_REGISTRY.register()``."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._obj_map: dict[str, type] = {}
+        self._builtins_loaded = False
+        self._loaded_paths: set[str] = set()
+
+    def register(self, obj: type | None = None, *, name: str | None = None) -> Callable | type:
+        def deco(cls: type) -> type:
+            key = name or cls.__name__
+            existing = self._obj_map.get(key)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise KeyError(f"an operator named {key!r} is already registered ({existing.__module__})")
+            self._obj_map[key] = cls
+            return cls
+
+        return deco(obj) if obj is not None else deco
+
+    def get(self, name: str) -> type:
+        self.load_builtins()
+        if name not in self._obj_map:
+            self.load_user_operators()
+        if name not in self._obj_map:
+            hint = difflib.get_close_matches(name, self._obj_map, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise KeyError(f"no operator named {name!r}{suggestion} (see `dataflow ops`)")
+        return self._obj_map[name]
+
+    def __contains__(self, name: str) -> bool:
+        self.load_builtins()
+        return name in self._obj_map
+
+    def get_obj_map(self) -> dict[str, type]:
+        self.load_builtins()
+        self.load_user_operators()
+        return dict(sorted(self._obj_map.items()))
+
+    def names(self) -> list[str]:
+        return list(self.get_obj_map())
+
+    def load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            importlib.import_module("dataflow.operators.core_vision")
+
+    def load_user_operators(self, extra_dirs: Iterable[str | os.PathLike] = ()) -> list[str]:
+        """Import every ``*.py`` in the user operator folders; returns the files loaded this call.
+
+        Folders: ``./operators``, each of ``extra_dirs``, and those in ``DATAFLOW_OPERATORS_PATH``
+        (``os.pathsep``-separated). A file that fails to import raises ``OperatorImportError``.
+        """
+        self.load_builtins()
+        loaded = []
+        for folder in user_operator_dirs(extra_dirs):
+            for path in sorted(folder.glob("*.py")):
+                if path.name.startswith(("_", "test_")):
+                    continue
+                key = str(path.resolve())
+                if key in self._loaded_paths:
+                    continue
+                self._loaded_paths.add(key)
+                _import_file(path)
+                loaded.append(key)
+        return loaded
+
+
+def user_operator_dirs(extra_dirs: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    candidates = [Path.cwd() / "operators", *map(Path, extra_dirs)]
+    candidates += [Path(p) for p in os.environ.get("DATAFLOW_OPERATORS_PATH", "").split(os.pathsep) if p]
+    seen, out = set(), []
+    for c in candidates:
+        if c.is_dir() and c.resolve() not in seen:
+            seen.add(c.resolve())
+            out.append(c)
+    return out
+
+
+def _import_file(path: Path) -> None:
+    module_name = f"dataflow_user_operators.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise OperatorImportError(f"cannot import user operator file {path}: {type(exc).__name__}: {exc} "
+                                  f"(line {where.lineno})") from exc
+
+
+OPERATOR_REGISTRY = Registry("operators")

@@ -1,0 +1,1 @@
+"""Built-in operators, grouped by modality and then by category folder."""

@@ -1,0 +1,7 @@
+"""Image operators. ``from dataflow.operators.core_vision import ImageDeduplicateFilter`` and friends."""
+
+from dataflow.operators.core_vision.eval.image_metadata_evaluator import ImageMetadataEvaluator
+from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import ImageExactDeduplicateFilter
+from dataflow.operators.core_vision.filter.score_range_filter import ScoreRangeFilter
+
+__all__ = ["ImageMetadataEvaluator", "ImageExactDeduplicateFilter", "ScoreRangeFilter"]

@@ -1,0 +1,235 @@
+"""FileStorage: every step of a pipeline as a readable file, with a manifest and a rejected-rows sidecar."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pandas as pd
+
+import dataflow
+from dataflow.storage.atomic import atomic_path
+from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
+from dataflow.storage.inputs import input_kind, list_image_folder
+from dataflow.storage.manifest import fingerprint, path_fingerprint, read_manifest, write_manifest
+
+
+class StorageError(RuntimeError):
+    """Storage used out of order, or an operator broke the row accounting."""
+
+
+@dataclass
+class CallInfo:
+    """What the running operator tells the storage, so the manifest can say who wrote a step."""
+
+    operator: str
+    params: dict = field(default_factory=dict)
+    input_keys: dict = field(default_factory=dict)
+    output_keys: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    keeps_rows: bool = True  # False for operators allowed to change the row count freely (generate)
+
+
+class FileStorage:
+    """Step-by-step storage of a DataFrame on disk, mirroring DataFlow's ``FileStorage``.
+
+    Step 0 is ``first_entry_file_name`` (a jsonl/json/csv/parquet file or a folder of images); step N is
+    ``<cache_path>/<file_name_prefix>_step<N>.<cache_type>``. ``step()`` moves to the next step; ``read()``
+    reads the current one and ``write()`` writes the next, atomically, with a manifest.
+    """
+
+    def __init__(self, first_entry_file_name: str | os.PathLike, cache_path: str | os.PathLike = "./cache",
+                 file_name_prefix: str = "dataflow_cache_step", cache_type: str = "jsonl", *,
+                 image_key: str = "image", skip_malformed_rows: bool = False):
+        self.first_entry_file_name = os.fspath(first_entry_file_name)
+        self.cache_path = os.fspath(cache_path)
+        self.file_name_prefix = file_name_prefix
+        self.cache_type = check_cache_type(cache_type)
+        self.image_key = image_key
+        self.skip_malformed_rows = skip_malformed_rows
+        self.operator_step = -1
+        self._call: CallInfo | None = None
+        self._rows_in: int | None = None
+        self._columns_in: list[str] | None = None
+        self._malformed: list[dict] = []
+
+    # ------------------------------------------------------------ positions and paths
+    @property
+    def input_kind(self) -> str:
+        return input_kind(self.first_entry_file_name)
+
+    @property
+    def image_base(self) -> str:
+        """Folder that relative image paths resolve against: the input file's folder (or the image folder)."""
+        entry = Path(self.first_entry_file_name).resolve()
+        return str(entry if entry.is_dir() else entry.parent)
+
+    def step(self) -> "FileStorage":
+        """Advance to the next step and return a storage positioned there (DataFlow semantics)."""
+        self.operator_step += 1
+        return copy.copy(self)
+
+    def reset(self) -> None:
+        """Back to before the first step, so a pipeline's ``forward()`` starts from the input again."""
+        self.operator_step = -1
+
+    def step_path(self, step: int) -> Path:
+        return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.{self.cache_type}"
+
+    def manifest_path(self, step: int) -> Path:
+        return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.meta.json"
+
+    def rejected_path(self, step: int) -> Path:
+        return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.rejected.jsonl"
+
+    def manifest(self, step: int) -> dict | None:
+        return read_manifest(self.manifest_path(step))
+
+    def step_fingerprint(self, step: int) -> str | None:
+        """Fingerprint of the data at ``step``: the input's for step 0, the manifest's after."""
+        if step == 0:
+            return path_fingerprint(self.first_entry_file_name)
+        meta = self.manifest(step)
+        return meta.get("fingerprint") if meta else None
+
+    def step_is_complete(self, step: int, expected_fingerprint: str) -> bool:
+        meta = self.manifest(step)
+        return bool(meta) and meta.get("fingerprint") == expected_fingerprint and self.step_path(step).exists()
+
+    # ------------------------------------------------------------ reading
+    def read(self, output_type: Literal["dataframe", "dict"] = "dataframe") -> pd.DataFrame | list[dict]:
+        """Read the current step as a DataFrame or a list of dicts."""
+        if self.operator_step < 0:
+            raise StorageError("read() before step(): call storage.step() first (each operator reads the step "
+                               "it is handed and writes the next)")
+        df = self._read_step(self.operator_step)
+        self._rows_in = len(df) + len(self._malformed)
+        self._columns_in = list(df.columns)
+        if output_type == "dataframe":
+            return df
+        if output_type == "dict":
+            return df.to_dict("records")
+        raise ValueError(f"output_type must be 'dataframe' or 'dict', got {output_type!r}")
+
+    def _read_step(self, step: int) -> pd.DataFrame:
+        self._malformed = []
+        if step == 0:
+            kind = self.input_kind
+            if kind == "folder":
+                return list_image_folder(self.first_entry_file_name, self.image_key)
+            df, self._malformed = read_table(self.first_entry_file_name, kind,
+                                             skip_malformed=self.skip_malformed_rows)
+            return df
+        path = self.step_path(step)
+        if not path.exists():
+            raise StorageError(f"step {step} has not been written: {path} does not exist (did the operator "
+                               f"of step {step} run?)")
+        return read_table(path, self.cache_type)[0]
+
+    def read_columns(self, step: int | None = None) -> list[str]:
+        """Column names of a step from its header only (used by ``compile()``)."""
+        step = self.operator_step if step is None else step
+        if step <= 0:
+            kind = self.input_kind
+            if kind == "folder":
+                return [self.image_key]
+            return read_columns(self.first_entry_file_name, kind)
+        meta = self.manifest(step)
+        if meta and "columns" in meta:
+            return list(meta["columns"])
+        return read_columns(self.step_path(step), self.cache_type)
+
+    # ------------------------------------------------------------ writing
+    def write(self, data: pd.DataFrame | list[dict], rejected: pd.DataFrame | list[dict] | None = None) -> str:
+        """Write the next step. ``rejected`` rows (with a ``reason`` column) go to the sidecar file.
+
+        Raises ``StorageError`` if rows in != rows out + rows rejected for a row-keeping operator.
+        """
+        if self.operator_step < 0:
+            raise StorageError("write() before step(): call storage.step() first")
+        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+        rej = _as_frame(rejected)
+        if len(rej) and "reason" not in rej.columns:
+            raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
+        if self._malformed:
+            rej = pd.concat([rej, pd.DataFrame(self._malformed)], ignore_index=True)
+        call = self._call or CallInfo(operator="manual")
+        self._check_accounting(call, len(df), len(rej))
+
+        out_step = self.operator_step + 1
+        Path(self.cache_path).mkdir(parents=True, exist_ok=True)
+        target, rej_target = self.step_path(out_step), self.rejected_path(out_step)
+        # The old manifest goes first: from here until the new one lands, the step counts as unfinished.
+        self.manifest_path(out_step).unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            write_table(df, tmp, self.cache_type)
+        if len(rej):
+            with atomic_path(rej_target) as tmp:
+                write_table(rej, tmp, "jsonl")
+        else:
+            rej_target.unlink(missing_ok=True)
+        write_manifest(self.manifest_path(out_step), self._manifest(call, out_step, df, rej))
+        return str(target)
+
+    def _check_accounting(self, call: CallInfo, rows_out: int, rows_rejected: int) -> None:
+        if self._rows_in is None or not call.keeps_rows:
+            return
+        if self._rows_in != rows_out + rows_rejected:
+            raise StorageError(f"{call.operator}: rows in ({self._rows_in}) != rows out ({rows_out}) + rows "
+                               f"rejected ({rows_rejected}); an operator must hand every dropped row to "
+                               "storage.write(kept, rejected=dropped) with a reason")
+
+    def _manifest(self, call: CallInfo, out_step: int, df: pd.DataFrame, rej: pd.DataFrame) -> dict:
+        input_fp = self.step_fingerprint(self.operator_step) or ""
+        columns = [str(c) for c in df.columns]
+        before = self._columns_in or []
+        return {
+            "step": out_step,
+            "operator": call.operator,
+            "params": call.params,
+            "input_keys": call.input_keys,
+            "output_keys": call.output_keys,
+            "rows_in": self._rows_in,
+            "rows_out": len(df),
+            "rows_rejected": len(rej),
+            "rejected_reasons": {str(k): int(v) for k, v in rej["reason"].value_counts().items()} if len(rej) else {},
+            "seconds": round(time.perf_counter() - call.started, 4),
+            "fingerprint": fingerprint(input_fp, call.fingerprint or call.operator),
+            "input_fingerprint": input_fp,
+            "columns": columns,
+            "new_columns": [c for c in columns if c not in before],
+            "file": self.step_path(out_step).name,
+            "rejected_file": self.rejected_path(out_step).name if len(rej) else None,
+            "cache_type": self.cache_type,
+            "first_entry_file_name": self.first_entry_file_name,
+            "image_base": self.image_base,
+            "dataflow_version": dataflow.__version__,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def read_rejected(self, step: int) -> pd.DataFrame:
+        """The rows dropped when ``step`` was written (empty if none)."""
+        path = self.rejected_path(step)
+        return read_table(path, "jsonl")[0] if path.exists() else pd.DataFrame(columns=["reason"])
+
+    def __repr__(self) -> str:
+        return (f"FileStorage({self.first_entry_file_name!r}, cache_path={self.cache_path!r}, "
+                f"file_name_prefix={self.file_name_prefix!r}, cache_type={self.cache_type!r}, "
+                f"step={self.operator_step})")
+
+
+def _as_frame(rows: pd.DataFrame | list[dict] | None) -> pd.DataFrame:
+    if rows is None:
+        return pd.DataFrame()
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+
+
+def dumps_row(row: dict) -> str:
+    """One row as JSON text for terminal display."""
+    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()

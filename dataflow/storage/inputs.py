@@ -1,0 +1,47 @@
+"""Recognise the first entry: a table file judged by its own extension, or a folder of images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from dataflow.storage.formats import INPUT_TYPES, StorageFormatError
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+    ".heic", ".heif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
+})
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """``"folder"`` or the table type; only the file's own suffix counts, never a dotted parent folder."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path} (first_entry_file_name must be a data file or a "
+                                "folder of images)")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("pkl", "pickle"):
+        raise StorageFormatError(f"{path}: pickle input is refused (loading it can run arbitrary code)")
+    if suffix not in INPUT_TYPES:
+        raise StorageFormatError(f"{path}: unknown input type {path.suffix!r}; expected one of "
+                                 f"{', '.join('.' + t for t in INPUT_TYPES)} or a folder of images")
+    return suffix
+
+
+def iter_image_files(folder: str | os.PathLike):
+    """Relative paths of images under ``folder``, sorted, hidden files and folders skipped, none opened."""
+    folder = Path(folder)
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                yield os.path.relpath(os.path.join(root, name), folder)
+
+
+def list_image_folder(folder: str | os.PathLike, image_key: str = "image") -> pd.DataFrame:
+    """One row per image file, ``image`` holding the path relative to ``folder``."""
+    return pd.DataFrame({image_key: pd.Series(list(iter_image_files(folder)), dtype=object)})

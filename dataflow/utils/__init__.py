@@ -1,0 +1,1 @@
+"""DataFlow-compatible import paths (``dataflow.utils.storage``, ``dataflow.utils.registry``)."""
