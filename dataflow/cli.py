@@ -77,7 +77,12 @@ def cmd_run(args) -> int:
     if args.check:
         print(f"{config_path}: OK, {len(pipeline.compiled_calls)} steps")
         return 0
-    pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
+    from dataflow.storage import CacheFolderError, CacheLockedError, StorageFormatError
+
+    try:
+        pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
+    except (CacheLockedError, CacheFolderError, StorageFormatError) as exc:
+        raise _UserError(str(exc)) from None
     storage = pipeline.storage
     print(format_steps(storage.cache_path, storage.file_name_prefix))
     last = storage.step_path(len(pipeline.compiled_calls))

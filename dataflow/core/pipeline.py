@@ -8,10 +8,12 @@ whose manifest fingerprint matches and whose file exists are skipped.
 from __future__ import annotations
 
 import functools
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from dataflow.core.context import use_hook
 from dataflow.log import get_logger
+from dataflow.storage.lock import CacheLock
 from dataflow.storage.manifest import fingerprint
 
 logger = get_logger("dataflow.pipeline")
@@ -164,8 +166,11 @@ def _wrap_forward(forward):
             skip = 0
         if skip:
             logger.info("resuming: %d leading step(s) already cached", skip)
-        with use_hook(_Resumer(skip)):
-            return forward(self, *args, **kwargs)
+        with ExitStack() as locks:
+            for folder in sorted({str(s.cache_path) for s in self._storages() if hasattr(s, "cache_path")}):
+                locks.enter_context(CacheLock(folder))
+            with use_hook(_Resumer(skip)):
+                return forward(self, *args, **kwargs)
 
     wrapper.__wrapped_forward__ = forward
     return wrapper

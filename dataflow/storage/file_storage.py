@@ -16,6 +16,7 @@ import dataflow
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
 from dataflow.storage.inputs import input_kind, list_image_folder
+from dataflow.storage.lock import cache_folder_error
 from dataflow.storage.manifest import fingerprint, path_fingerprint, read_manifest, write_manifest
 
 
@@ -163,18 +164,21 @@ class FileStorage:
         self._check_accounting(call, len(df), len(rej))
 
         out_step = self.operator_step + 1
-        Path(self.cache_path).mkdir(parents=True, exist_ok=True)
         target, rej_target = self.step_path(out_step), self.rejected_path(out_step)
-        # The old manifest goes first: from here until the new one lands, the step counts as unfinished.
-        self.manifest_path(out_step).unlink(missing_ok=True)
-        with atomic_path(target) as tmp:
-            write_table(df, tmp, self.cache_type)
-        if len(rej):
-            with atomic_path(rej_target) as tmp:
-                write_table(rej, tmp, "jsonl")
-        else:
-            rej_target.unlink(missing_ok=True)
-        write_manifest(self.manifest_path(out_step), self._manifest(call, out_step, df, rej))
+        try:
+            Path(self.cache_path).mkdir(parents=True, exist_ok=True)
+            # The old manifest goes first: from here until the new one lands, the step counts as unfinished.
+            self.manifest_path(out_step).unlink(missing_ok=True)
+            with atomic_path(target) as tmp:
+                write_table(df, tmp, self.cache_type)
+            if len(rej):
+                with atomic_path(rej_target) as tmp:
+                    write_table(rej, tmp, "jsonl")
+            else:
+                rej_target.unlink(missing_ok=True)
+            write_manifest(self.manifest_path(out_step), self._manifest(call, out_step, df, rej))
+        except OSError as exc:
+            raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)
 
     def _check_accounting(self, call: CallInfo, rows_out: int, rows_rejected: int) -> None:
