@@ -18,5 +18,5 @@ class ImageLoadError(Exception):
 
     @property
     def code(self) -> str:
-        """``reason`` plus detail, as written to ``image_error`` columns and rejected rows."""
+        """The reason code alone, as written to ``image_error`` columns and rejected rows."""
         return self.reason

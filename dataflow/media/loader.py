@@ -8,7 +8,9 @@ with a reason code, so callers can record why a row was dropped instead of crash
 from __future__ import annotations
 
 import io
+import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,23 @@ except Exception:  # pragma: no cover - depends on the platform wheel
 DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_ORIENTATION_TAG = 0x0112
 
+# Formats whose end can be checked cheaply without decoding (MPO is a JPEG followed by more JPEGs;
+# HEIF/AVIF are ISO media files whose top-level boxes state their sizes).
+TAIL_CHECKED_FORMATS = ("JPEG", "MPO", "PNG", "HEIF", "AVIF")
+
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Pillow's own bomb guard is a process-wide setting; lifting it for one open is serialised by this lock.
+_PIL_LIMIT_LOCK = threading.Lock()
+
 
 def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path:
     """A relative path is taken against ``base_dir`` (the input file's folder), never the working directory."""
@@ -38,37 +57,54 @@ def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None = N
     return p
 
 
+def is_null(value: Any) -> bool:
+    """None, NaN (any float type) or a pandas missing marker (``pd.NA``, ``pd.NaT``)."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
 def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) -> tuple[bytes, str]:
     """Return the encoded bytes of a source and a label for messages."""
     if isinstance(source, dict):
         data = source.get("bytes")
-        if data:
-            return bytes(data), str(source.get("path") or "<bytes>")
-        if source.get("path"):
-            return read_source_bytes(source["path"], base_dir)
-        raise ImageLoadError("missing", "image dict has neither bytes nor path", source)
+        path = source.get("path")
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
+            return bytes(data), str(path or "<bytes>")
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)) and not is_null(data):
+            raise ImageLoadError("unsupported", f"image dict 'bytes' holds a {type(data).__name__}, not bytes",
+                                 str(path or "<bytes>"))
+        if path is not None and not is_null(path) and path != "":
+            return read_source_bytes(path, base_dir)
+        if data is not None and not is_null(data):  # b"" and no path to fall back on
+            raise ImageLoadError("empty", "image dict holds zero-length bytes", "<bytes>")
+        raise ImageLoadError("missing", "image dict has neither bytes nor path", "<dict>")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageLoadError("empty", "zero-length bytes", "<bytes>")
         return bytes(source), "<bytes>"
-    if source is None or (isinstance(source, float) and np.isnan(source)):
-        raise ImageLoadError("missing", "no image (null value)", source)
+    if is_null(source):
+        raise ImageLoadError("missing", "no image (null value)", None)
     if isinstance(source, (str, os.PathLike)):
         if os.fspath(source) == "":
-            raise ImageLoadError("missing", "empty path", source)
+            raise ImageLoadError("missing", "empty path", "")
         path = resolve_path(source, base_dir)
-        if path.is_dir():
-            raise ImageLoadError("not_an_image", f"{path} is a folder", str(path))
         try:
+            if path.is_dir():
+                raise ImageLoadError("not_an_image", f"{path} is a folder", str(path))
             data = path.read_bytes()
-        except FileNotFoundError:
+        except ImageLoadError:
+            raise
+        except (FileNotFoundError, NotADirectoryError):
             raise ImageLoadError("missing", f"no such file: {path}", str(path)) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # permission, name too long, embedded NUL, I/O error
             raise ImageLoadError("error", f"cannot read {path}: {exc}", str(path)) from None
         if not data:
             raise ImageLoadError("empty", f"zero-byte file: {path}", str(path))
         return data, str(path)
-    raise ImageLoadError("unsupported", f"cannot load an image from a {type(source).__name__}", repr(source))
+    raise ImageLoadError("unsupported", f"cannot load an image from a {type(source).__name__}", repr(source)[:200])
 
 
 def open_image(source: Any, base_dir: str | os.PathLike | None = None, *,
@@ -81,44 +117,106 @@ def open_image(source: Any, base_dir: str | os.PathLike | None = None, *,
     return open_bytes(data, label, max_pixels=max_pixels), len(data)
 
 
+def _pil_open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
 def open_bytes(data: bytes, label: str = "<bytes>", *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open encoded bytes lazily (header only), mapping every failure to an ``ImageLoadError``."""
+    """Open encoded bytes lazily (header only), mapping every failure to an ``ImageLoadError``.
+
+    ``max_pixels`` is the only size limit: Pillow's own decompression-bomb guard is lifted for this
+    open when ``max_pixels`` allows more (``None`` means no limit).
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError("too_large", str(exc), label) from None
+        try:
+            img = _pil_open(data)
+        except Image.DecompressionBombError as exc:
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            if max_pixels is not None and pil_limit is not None and max_pixels <= 2 * pil_limit:
+                raise ImageLoadError("too_large", str(exc), label) from None
+            with _PIL_LIMIT_LOCK:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    img = _pil_open(data)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
+        fmt = _magic_format(data)
+        if fmt and truncation_detail(data, fmt):  # the start says JPEG/PNG, the file just stops too early
+            raise ImageLoadError("truncated", f"{label}: {fmt} cut off inside its header", label) from None
         raise ImageLoadError("not_an_image", f"not a recognised image: {label}", label) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure on a malformed file is a per-image error
         raise _classify(exc, label) from None
     _check_pixels(img, max_pixels, label)
     return img
 
 
 def load_image(source: Any, base_dir: str | os.PathLike | None = None, *, draft_size: int | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, mode: str = "RGB") -> Image.Image:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, mode: str = "RGB",
+               check_truncation: bool = True) -> Image.Image:
     """Decode an image upright (EXIF orientation applied), first frame, converted to ``mode`` (RGB or L).
 
     ``draft_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least that many pixels
     on each side: far cheaper when only a small image is needed (hashing, thumbnails, quality metrics).
+    With ``check_truncation`` a JPEG or PNG whose end marker is missing is ``truncated`` even where
+    Pillow would decode it (``ImageFile.LOAD_TRUNCATED_IMAGES`` pads cut-off files with grey).
     """
-    img, _ = open_image(source, base_dir, max_pixels=max_pixels)
-    label = _label(source)
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if isinstance(source, Image.Image):
+        _check_pixels(source, max_pixels, "<PIL image>")
+        img, data, label = source, b"", "<PIL image>"
+    else:
+        data, label = read_source_bytes(source, base_dir)
+        img = open_bytes(data, label, max_pixels=max_pixels)
+    if check_truncation and data and img.format in TAIL_CHECKED_FORMATS:
+        detail = truncation_detail(data, img.format)
+        if detail:
+            raise ImageLoadError("truncated", f"{label}: {detail}", label)
     try:
-        if draft_size and img.format == "JPEG":
+        if draft_size and img.format in ("JPEG", "MPO"):
             img.draft("RGB" if img.mode not in ("L", "CMYK") else img.mode, (draft_size, draft_size))
         img.seek(0)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = apply_exif_orientation(img)
         return to_mode(img, mode)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageLoadError("too_large", str(exc), label) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+    except MemoryError:
+        raise ImageLoadError("too_large", f"{label}: out of memory decoding {img.size[0]}x{img.size[1]}", label) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on malformed data
         raise _classify(exc, label) from None
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation 1..8 that applies to ``img``; 1 when absent, out of range or unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on every corrupt EXIF block; the value is what matters
+            value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not hide an otherwise fine image
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Return ``img`` turned upright. A corrupt EXIF block never fails the load: if Pillow cannot
+    rewrite it, the orientation is applied by hand and the stale EXIF is dropped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - e.g. struct.error / TypeError re-serialising a malformed tag
+        method = _TRANSPOSE_FOR_ORIENTATION.get(exif_orientation(img))
+        out = img.transpose(method) if method is not None else img.copy()
+        out.info.pop("exif", None)
+        return out
 
 
 def to_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
@@ -139,10 +237,14 @@ def to_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
 
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
     arr = np.asarray(img, dtype=np.float64)
-    # 16-bit files keep the full 0..65535 range; PIL's own convert('L') would clip them to white.
-    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    if img.mode == "F" and arr.max(initial=0) <= 1.0:
+    peak = arr.max(initial=0)
+    if img.mode.startswith("I;16"):
+        top = 65535.0  # the depth is known: a dark 16-bit image must stay dark
+    elif img.mode == "F" and peak <= 1.0:
         top = 1.0
+    else:
+        # 32-bit "I"/"F" carry no depth; values above 255 are taken as 16-bit (PIL's convert('L') would clip them).
+        top = 65535.0 if peak > 255 else 255.0
     return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
 
 
@@ -152,21 +254,86 @@ def _check_pixels(img: Image.Image, max_pixels: int | None, label: str) -> None:
         raise ImageLoadError("too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}", label)
 
 
+def _magic_format(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+_PNG_IEND = b"\x00\x00\x00\x00IEND"  # zero length + type; the CRC after it is the same in every file
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def truncation_detail(data: bytes, fmt: str) -> str | None:
+    """Why ``data`` looks cut off (a JPEG without an end-of-image marker after its first scan, a PNG
+    without IEND), or None. Data appended after the end (motion photos, padding) is fine."""
+    if fmt in ("JPEG", "MPO"):
+        if data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            return None
+        return None if _jpeg_has_eoi(data) else "JPEG has no end-of-image marker"
+    if fmt == "PNG":
+        return None if data.rfind(_PNG_IEND) >= 8 else "PNG has no IEND chunk"
+    if fmt in ("HEIF", "AVIF"):
+        return None if _bmff_complete(data) else f"{fmt} box runs past the end of the file"
+    return None
+
+
+def _bmff_complete(data: bytes) -> bool:
+    # ISO base media file: a run of top-level boxes, each starting with its 32-bit size (1: a 64-bit size
+    # follows the type; 0: the box runs to the end of the file).
+    n, pos = len(data), 0
+    while pos + 8 <= n:
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        if size == 1:
+            if pos + 16 > n:
+                return False
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        elif size == 0:
+            return True
+        if size < 8:
+            return True  # malformed rather than cut: leave it to the decoder
+        pos += size
+    return pos <= n
+
+
+def _jpeg_has_eoi(data: bytes) -> bool:
+    # Walk the marker segments to the first scan (skipping APP1, whose EXIF thumbnail has its own EOI),
+    # then look for EOI: inside entropy-coded data 0xFF is always stuffed, so FF D9 can only be the end.
+    n, pos = len(data), 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return data.rfind(b"\xff\xd9") > 2  # unusual layout: settle for any end marker
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:
+            return data.find(b"\xff\xd9", pos) != -1
+        elif marker == 0xD9:
+            return True
+        elif marker in _JPEG_STANDALONE:
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False  # the file ends inside its headers
+
+
 def _classify(exc: BaseException, label: str) -> ImageLoadError:
+    if isinstance(exc, MemoryError):
+        return ImageLoadError("too_large", f"{label}: out of memory", label)
     text = str(exc)
     low = text.lower()
-    if "truncat" in low or "broken data stream" in low or "premature end" in low or isinstance(exc, EOFError):
+    if ("truncat" in low or "broken data stream" in low or "premature end" in low or "end of file" in low
+            or isinstance(exc, EOFError)):
         return ImageLoadError("truncated", f"{label}: {text}", label)
-    if "decoder" in low and "not available" in low or "unsupported" in low:
+    if ("decoder" in low and "not available" in low) or "unsupported" in low or "not supported" in low:
         return ImageLoadError("unsupported", f"{label}: {text}", label)
     if isinstance(exc, SyntaxError) or "cannot identify" in low or "not a" in low:
         return ImageLoadError("not_an_image", f"{label}: {text}", label)
     return ImageLoadError("error", f"{label}: {type(exc).__name__}: {text}", label)
 
 
-def _label(source: Any) -> str:
-    if isinstance(source, dict):
-        return str(source.get("path") or "<bytes>")
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return f"<{type(source).__name__}>"

@@ -1,0 +1,28 @@
+"""Shared fixtures: the shared sample data folder and the generated bad-input suite (tests/bad_inputs.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import bad_inputs` from any test folder
+
+from bad_inputs import make_bad_inputs  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<repo>/../shared/data`` (real sample images), or skip where this checkout has none."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory) -> dict:
+    """``{name: source}`` of the bad-input suite, written once per session; see ``bad_inputs.EXPECTED_REASON``."""
+    return make_bad_inputs(tmp_path_factory.mktemp("media"))
