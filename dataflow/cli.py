@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--head", type=int, default=5, help="how many rows to print (default 5)")
     ins.add_argument("--rejected", action="store_true", help="print the step's rejected rows")
     ins.set_defaults(func=cmd_inspect)
+
+    dd = sub.add_parser("dedup", help="near-duplicate removal of a folder in one line (like imagededup)")
+    dd.add_argument("input", help="a folder of images, or a jsonl/json/csv/parquet file with an image column")
+    dd.add_argument("--method", default="phash", choices=["ahash", "dhash", "phash", "whash"])
+    dd.add_argument("--max-distance", type=int, default=10, help="Hamming distance, 0..64 (default 10)")
+    dd.add_argument("--keep", default="first", help="first | largest | a column name (highest wins)")
+    dd.add_argument("--non-transitive", action="store_true", help="no chains: each kept image claims only its "
+                    "own direct neighbours")
+    dd.add_argument("--out", default="./cache_dedup", help="cache folder (default ./cache_dedup)")
+    dd.add_argument("--num-workers", type=int, default=None)
+    dd.set_defaults(func=cmd_dedup)
     return p
 
 
@@ -138,6 +149,37 @@ def cmd_inspect(args) -> int:
     for row in df.head(args.head).to_dict("records"):
         print(dumps_row(row))
     print(f"({min(args.head, len(df))} of {len(df)} rows)", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- dedup
+def cmd_dedup(args) -> int:
+    from dataflow.operators.core_vision import ImageHashDeduplicateFilter
+    from dataflow.storage import FileStorage
+
+    if not Path(args.input).exists():
+        raise _UserError(f"no such folder or file: {args.input}")
+    storage = FileStorage(args.input, cache_path=args.out, file_name_prefix="dedup",
+                          cache_type="jsonl")
+    try:
+        op = ImageHashDeduplicateFilter(method=args.method, max_distance=args.max_distance, keep=args.keep,
+                                        transitive=not args.non_transitive, num_workers=args.num_workers)
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
+    op.run(storage.step(), input_image_key=storage.image_key)
+    rejected = storage.read_rejected(1)
+    dups = rejected[rejected["reason"] == "near_duplicate"] if len(rejected) else rejected
+    for kept, group in dups.groupby("duplicate_of", sort=False) if len(dups) else []:
+        print(kept)
+        for image, distance in zip(group[storage.image_key], group["distance"]):
+            print(f"  {image}  (distance {int(distance)})")
+    unreadable = rejected[rejected["reason"] != "near_duplicate"] if len(rejected) else rejected
+    for image, reason in zip(unreadable.get(storage.image_key, []), unreadable.get("reason", [])):
+        print(f"unreadable: {image}  ({reason})", file=sys.stderr)
+    meta = storage.manifest(1)
+    print(f"\n{meta['rows_in']} images: {meta['rows_out']} kept, {len(dups)} near duplicates removed, "
+          f"{len(unreadable)} unreadable")
+    print(f"kept:     {storage.step_path(1).resolve()}\nrejected: {storage.rejected_path(1).resolve()}")
     return 0
 
 
