@@ -1,0 +1,82 @@
+"""ImageResolutionFilter: keep images whose width and height lie within given bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataflow.core.operator import OperatorABC
+from dataflow.core.registry import OPERATOR_REGISTRY
+from dataflow.media import DEFAULT_MAX_PIXELS
+from dataflow.operators.core_vision._size import as_ints, pick_column, row_facts
+
+TOO_SMALL = "too_small"
+TOO_LARGE = "too_large_resolution"  # not `too_large`: that code means "refused to decode" (bomb guard)
+
+
+@OPERATOR_REGISTRY.register()
+class ImageResolutionFilter(OperatorABC):
+    """Keeps images whose displayed width and height are within [min, max] (inclusive; any bound may be None).
+
+    Reuses ``width`` / ``height`` columns from an earlier step (no image is opened); otherwise reads the
+    image headers only. Dropped rows go to the rejected file with reason ``too_small`` or
+    ``too_large_resolution``, their width, height and a detail naming the bound; unreadable images are
+    rejected with their reason code (missing, truncated, ...).
+    """
+
+    def __init__(self, min_width: int | None = None, min_height: int | None = None,
+                 max_width: int | None = None, max_height: int | None = None,
+                 num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        for lo, hi, what in ((min_width, max_width, "width"), (min_height, max_height, "height")):
+            for v in (lo, hi):
+                if v is not None and v < 0:
+                    raise ValueError(f"{what} bounds must be >= 0, got {v}")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"min_{what} ({lo}) is greater than max_{what} ({hi})")
+        self.min_width = min_width
+        self.min_height = min_height
+        self.max_width = max_width
+        self.max_height = max_height
+        self.num_workers = num_workers
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def get_desc(cls, lang: str = "en") -> str:
+        if lang == "zh":
+            return "按宽、高范围过滤图像（复用已有 width/height 列，否则只读文件头）；过小/过大的行记入 rejected。"
+        return ("Keeps images whose width and height lie in [min, max]; reuses width/height columns, "
+                "else reads headers only. Rejects too_small / too_large_resolution.")
+
+    def output_columns(self, keys: dict) -> list[str]:
+        return []
+
+    def run(self, storage, input_image_key: str = "image", input_width_key: str | None = None,
+            input_height_key: str | None = None) -> list[str]:
+        """``input_width_key`` / ``input_height_key``: None (default) reuses ``width`` / ``height`` columns
+        when the input has them and reads headers otherwise; a name must be an existing column."""
+        df = storage.read("dataframe")
+        name = type(self).__name__
+        width_col = pick_column(df, input_width_key, "width", name, "input_width_key")
+        height_col = pick_column(df, input_height_key, "height", name, "input_height_key")
+        facts = row_facts(df, {"width": width_col, "height": height_col}, input_image_key=input_image_key,
+                          base_dir=storage.image_base, num_workers=self.num_workers,
+                          max_pixels=self.max_pixels, operator=name)
+        w, h = facts.values["width"], facts.values["height"]
+        reason, detail = facts.error.copy(), facts.detail.copy()
+        checks = ((TOO_SMALL, w, self.min_width, "<", "min_width"), (TOO_SMALL, h, self.min_height, "<", "min_height"),
+                  (TOO_LARGE, w, self.max_width, ">", "max_width"), (TOO_LARGE, h, self.max_height, ">", "max_height"))
+        for code, values, bound, op, param in checks:
+            if bound is None:
+                continue
+            with np.errstate(invalid="ignore"):
+                hit = (reason == None) & ((values < bound) if op == "<" else (values > bound))  # noqa: E711
+            reason[hit] = code
+            what = param.split("_")[1]
+            detail[hit] = [f"{what} {int(v)} {op} {param} {bound}" for v in values[hit]]
+        dropped = reason != None  # noqa: E711
+        rejected = df[dropped].copy()
+        rejected["reason"] = reason[dropped]
+        rejected["detail"] = detail[dropped]
+        rejected[width_col or "width"] = as_ints(w[dropped])
+        rejected[height_col or "height"] = as_ints(h[dropped])
+        storage.write(df[~dropped], rejected=rejected)
+        return []
