@@ -12,7 +12,7 @@ import pandas as pd
 
 from dataflow.algorithms.cosine_search import find_similar_pairs
 from dataflow.algorithms.grouping import DuplicateGroups, group_duplicates, keep_priority
-from dataflow.core.parallel import map_items
+from dataflow.core.parallel import ItemResult, map_items
 from dataflow.media import image_info
 
 KEEP_HELP = "keep='first' (row order), 'largest' (most pixels) or a column name (highest value wins)"
@@ -77,3 +77,46 @@ def split_groups(df: pd.DataFrame, groups: DuplicateGroups, *, image_key: str, w
 def concat_rejected(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
     frames = [f for f in frames if f is not None and len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def vectors_from_column(df: pd.DataFrame, key: str, operator: str) -> tuple[list, list[ItemResult]]:
+    """Per-row vectors from a list/array column; rows without one carry their ``image_error`` reason."""
+    if key not in df.columns:
+        raise KeyError(f"{operator}: {key!r} is not a column (columns: {', '.join(map(str, df.columns))})")
+    errors = df["image_error"].tolist() if "image_error" in df.columns else [None] * len(df)
+    results = []
+    for value, error in zip(df[key].tolist(), errors):
+        if isinstance(value, (list, tuple, np.ndarray)) and len(value):
+            results.append(ItemResult(np.asarray(value, dtype=np.float32)))
+        else:
+            reason = error if isinstance(error, str) and error else "missing_embedding"
+            results.append(ItemResult(None, reason, f"no {key} value"))
+    dims = {r.value.shape for r in results if r.error is None}
+    if len(dims) > 1:
+        raise ValueError(f"{operator}: {key!r} holds vectors of different lengths {sorted(d[0] for d in dims)}")
+    return [r.value for r in results], results
+
+
+def write_vector_dedup(storage, df: pd.DataFrame, results: list[ItemResult], *, threshold: float, transitive: bool,
+                       keep: str, image_key: str | None, score_key: str, group_key: str | None,
+                       num_workers: int | None = None) -> None:
+    """The shared body of the vector dedup filters: search, group, keep, and write kept + rejected rows.
+
+    Every kept row's ``score_key`` is its true highest cosine to any other readable row (NaN when alone),
+    not 0 below the threshold; rows without a vector are rejected with their reason, never dropped.
+    """
+    from dataflow.operators.core_vision._images import rejected_unreadable
+
+    readable, unreadable = rejected_unreadable(df, results)
+    mask = readable.to_numpy()
+    good = df[mask]
+    image_key = image_key or ("image" if "image" in df.columns else None)
+    vectors = np.stack([r.value for r in results if r.error is None]) if len(good) else np.zeros((0, 1), np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+    priority = keep_ranks(good, keep, image_key or "", storage.image_base, num_workers)
+    groups, max_sim = vector_groups(vectors, threshold, transitive=transitive, priority=priority)
+    kept, dups = split_groups(good, groups, image_key=image_key or "", weight_name="similarity",
+                              group_key=group_key)
+    kept[score_key] = max_sim[groups.keep].astype(np.float64)
+    storage.write(kept, rejected=concat_rejected(unreadable, dups))
