@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/activate
 venv: $(VENV)/.dev-installed
 
 demo: $(VENV)/.base-installed
-	$(BIN)/python pipelines/demo_pipeline.py --cache ./cache_demo
+	$(BIN)/python pipelines/image_profiling_pipeline.py --cache ./cache_demo
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -14,6 +14,8 @@ Steps (in the spirit of Z-Image's data profiling: file facts, then pixels, then 
                                the median 0.175. Blurred or dark photos stay: judge them by blur_score and
                                dark_score, which step 4 wrote for you.
 6. ImageExactDeduplicateFilter byte-identical copies, keeping the first
+7. ImageHashDeduplicateFilter  near duplicates: pHash within 10 bits (resized, recompressed, cropped,
+                               re-saved, EXIF-rotated copies), keeping the sharpest of each group
 
 Every step's rows are in the cache folder; `dataflow inspect CACHE --step N --rejected` shows what a
 step dropped and why. The same pipeline as a config: configs/image_profiling.yaml.
@@ -29,6 +31,7 @@ from dataflow.operators.core_vision.eval.image_metadata_evaluator import ImageMe
 from dataflow.operators.core_vision.eval.image_quality_evaluator import ImageQualityEvaluator
 from dataflow.operators.core_vision.filter.image_aspect_ratio_filter import ImageAspectRatioFilter
 from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import ImageExactDeduplicateFilter
+from dataflow.operators.core_vision.filter.image_hash_deduplicate_filter import ImageHashDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
 from dataflow.operators.core_vision.filter.score_range_filter import ScoreRangeFilter
 from dataflow.pipeline import PipelineABC
@@ -52,8 +55,9 @@ class ImageProfilingPipeline(PipelineABC):
         self.quality = ImageQualityEvaluator(metrics="all", num_workers=num_workers)
         self.density = ScoreRangeFilter(min_score=MIN_JPEG_BPP)
         self.exact = ImageExactDeduplicateFilter(on="bytes", num_workers=num_workers)
-        # Near-duplicate removal (perceptual-hash search within a Hamming radius) goes after the exact
-        # dedup once its operator lands.
+        # Of each near-duplicate group keep the sharpest copy: step 4 wrote `sharpness` for every row.
+        self.near = ImageHashDeduplicateFilter(method="phash", max_distance=10, keep="sharpness",
+                                               num_workers=num_workers)
 
     def forward(self):
         self.metadata.run(self.storage.step(), input_image_key="image")
@@ -64,6 +68,7 @@ class ImageProfilingPipeline(PipelineABC):
         self.quality.run(self.storage.step(), input_image_key="image")
         self.density.run(self.storage.step(), input_score_key="jpeg_bpp")
         self.exact.run(self.storage.step(), input_image_key="image")
+        self.near.run(self.storage.step(), input_image_key="image")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -314,17 +314,25 @@ def test_filters_after_the_quality_evaluator_reuse_its_columns(tmp_path, monkeyp
 
 
 def expected_profile(storage: FileStorage) -> None:
-    metas = check_accounting(storage, 6)
+    metas = check_accounting(storage, 7)
     assert [m["operator"] for m in metas] == ["ImageMetadataEvaluator", "ImageResolutionFilter",
                                                "ImageAspectRatioFilter", "ImageQualityEvaluator",
-                                               "ScoreRangeFilter", "ImageExactDeduplicateFilter"]
-    assert metas[0]["rows_in"] == 29 and metas[-1]["rows_out"] == 21
+                                               "ScoreRangeFilter", "ImageExactDeduplicateFilter",
+                                               "ImageHashDeduplicateFilter"]
+    assert metas[0]["rows_in"] == 29 and metas[-2]["rows_out"] == 21
     reasons = {i: storage.read_rejected(i).set_index("image").reason.to_dict() for i in (2, 3, 5, 6)}
     assert reasons[2] == {"images/tiny.jpg": "too_small", "images/truncated.jpg": "truncated",
                           "images/missing.jpg": "missing"}
     assert reasons[3] == {"images/very_wide.jpg": "aspect_ratio_out_of_range"}
     assert reasons[5] == {"images/dark.jpg": "below_min", "images/flat_gray.png": "below_min"}
     assert reasons[6] == {"images/scene_00_copy.jpg": "exact_duplicate", "images/scene_03_copy.jpg": "exact_duplicate"}
+    near = storage.read_rejected(7).set_index("image")
+    # One of each pair goes; which one is the less sharp (the crop and the EXIF-rotated copy win theirs).
+    assert len(near) == 7 and (near.reason == "near_duplicate").all()
+    assert {"images/scene_01_small.jpg", "images/scene_01_q30.jpg", "images/grayscale.jpg"} <= set(near.index)
+    assert len({"images/scene_02.jpg", "images/scene_02_crop.jpg"} & set(near.index)) == 1
+    assert near.loc["images/blurred.jpg", "duplicate_of"] == "images/scene_08.jpg"  # the sharper copy stays
+    assert metas[-1]["rows_out"] == 14
 
 
 def test_profiling_pipeline_end_to_end(tmp_path, capsys):
@@ -340,8 +348,8 @@ def test_profiling_pipeline_end_to_end(tmp_path, capsys):
     main(["--input", str(REPO / "example_data" / "images"), "--cache", str(tmp_path / "f"), "--num-workers", "1"])
     assert "ImageQualityEvaluator" in capsys.readouterr().out
     folder = FileStorage(REPO / "example_data" / "images", cache_path=tmp_path / "f", file_name_prefix="profiling")
-    metas = check_accounting(folder, 6)
-    assert metas[0]["rows_in"] == 28 and metas[-1]["rows_out"] == 21  # no row for missing.jpg in a folder
+    metas = check_accounting(folder, 7)
+    assert metas[0]["rows_in"] == 28 and metas[-1]["rows_out"] == 14  # no row for missing.jpg in a folder
 
 
 def test_profiling_config_runs_end_to_end(tmp_path, capsys):
