@@ -215,3 +215,10 @@ def test_malformed_jsonl_line_named_or_skipped(tmp_path):
 def test_read_dict_output(tmp_path):
     src = write_input(tmp_path, pd.DataFrame({"a": [1, 2]}))
     assert FileStorage(src, cache_path=tmp_path / "c").step().read("dict") == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("cache_type", ["jsonl", "json"])
+def test_bytes_survive_json_caches(tmp_path, cache_type):
+    df = pd.DataFrame({"image": [b"\x00\xff\xd8raw", {"bytes": b"jpeg!", "path": "a.jpg"}, "plain/path.jpg"]})
+    back = round_trip(tmp_path, cache_type, df)
+    assert back["image"].tolist() == df["image"].tolist()

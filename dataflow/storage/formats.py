@@ -6,6 +6,7 @@ equal-length numeric arrays stored as fixed-size lists (embeddings stay compact 
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import math
@@ -25,6 +26,8 @@ import pyarrow.parquet as pq
 
 CACHE_TYPES = ("jsonl", "json", "csv", "parquet")
 INPUT_TYPES = CACHE_TYPES
+BYTES_TAG = "__bytes__"
+_BYTES_MARK = b'"__bytes__"'
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_BLOCK = 32 << 20  # JSON lines are parsed a block of whole lines at a time
 _WRITE_ROWS = 50_000  # at most this many rows encoded per block when writing JSON lines,
@@ -65,7 +68,10 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
         return _read_jsonl(path, skip_malformed)
     if kind == "json":
         with _no_gc():
-            data = _loads(path.read_bytes())
+            raw = path.read_bytes()
+            data = _loads(raw)
+            if _BYTES_MARK in raw:
+                data = _decode_bytes(data)
             if isinstance(data, dict):
                 data = [data]
             if not isinstance(data, list):
@@ -109,12 +115,14 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
     records: list[dict] = []
     bad: list[dict] = []
     line_no = 0  # lines before the current block
+    tagged = False
     with _no_gc(), open(path, "rb") as fh:
         tail = b""
         while True:
             data = fh.read(_READ_BLOCK)
             if not data:
                 break
+            tagged = tagged or _BYTES_MARK in data
             lines = data.split(b"\n")
             del data
             lines[0] = tail + lines[0]  # the line cut at the end of the previous block
@@ -123,7 +131,7 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
                 line_no = _parse_lines(lines, line_no, records, bad, path, skip_malformed)
         if tail:
             _parse_lines([tail], line_no, records, bad, path, skip_malformed, terminated=False)
-        return _frame(records), bad
+        return _frame(records, tagged), bad
 
 
 def _parse_lines(lines: list[bytes], line_no: int, records: list[dict], bad: list[dict], path: Path,
@@ -176,7 +184,20 @@ def _loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
-def _frame(records: list[dict]) -> pd.DataFrame:
+def _decode_bytes(value: Any) -> Any:
+    """Turn ``{"__bytes__": base64}`` back into bytes, anywhere in a parsed JSON value."""
+    if isinstance(value, dict):
+        if len(value) == 1 and BYTES_TAG in value and isinstance(value[BYTES_TAG], str):
+            return base64.b64decode(value[BYTES_TAG])
+        return {k: _decode_bytes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_bytes(v) for v in value]
+    return value
+
+
+def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
+    if tagged_bytes:
+        records = [_decode_bytes(r) for r in records]
     if not records:
         return pd.DataFrame()
     columns = None
@@ -332,8 +353,9 @@ def _default(value: Any) -> Any:
         return list(value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, (bytes, bytearray)):
-        raise StorageFormatError("raw bytes cannot be stored in JSON; use cache_type='parquet'")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        # JSON has no bytes; a tagged base64 string keeps images given as bytes (HF datasets) lossless.
+        return {BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
     raise TypeError(f"cannot store a {type(value).__name__} in JSON")
 
 
