@@ -222,3 +222,19 @@ def test_bytes_survive_json_caches(tmp_path, cache_type):
     df = pd.DataFrame({"image": [b"\x00\xff\xd8raw", {"bytes": b"jpeg!", "path": "a.jpg"}, "plain/path.jpg"]})
     back = round_trip(tmp_path, cache_type, df)
     assert back["image"].tolist() == df["image"].tolist()
+
+
+def test_folder_listing_opens_no_image(tmp_path, monkeypatch):
+    import PIL.Image
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(2000):
+        (root / f"{i:05d}.jpg").touch()  # zero bytes: any decode would fail
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("listing a folder must not open images")
+
+    monkeypatch.setattr(PIL.Image, "open", refuse)
+    df = FileStorage(root, cache_path=tmp_path / "c").step().read()
+    assert len(df) == 2000 and df["image"].iloc[0] == "00000.jpg"
