@@ -141,3 +141,16 @@ def test_dedup_cli_on_a_folder(tmp_path, capsys):
     assert "base_images/ukbench09380.jpg\n  formats_images/ukbench09380.bmp  (distance 0)" in out
     assert (tmp_path / "out" / "dedup_step1.jsonl").exists()
     assert main(["dedup", str(tmp_path / "nowhere")]) == 2
+
+
+def test_hash_workers_run_under_spawn_as_on_macos(tmp_path):
+    from dataflow.core.parallel import map_items
+    from dataflow.operators.core_vision._hashing import hash_thumbnail
+
+    images = sorted(str(p) for p in (REPO / "example_data" / "images").glob("scene_*.jpg"))
+    items = (images * 5)[:60]  # above the in-process cut-off, so a real pool starts
+    spawned = map_items(hash_thumbnail, items, num_workers=2, mp_context="spawn", base_dir=None, method="phash",
+                        hash_size=8, draft=True, max_pixels=None)
+    inline = map_items(hash_thumbnail, items, num_workers=1, base_dir=None, method="phash", hash_size=8, draft=True,
+                       max_pixels=None)
+    assert all(a.error is None and np.array_equal(a.value, b.value) for a, b in zip(spawned, inline))
