@@ -29,21 +29,15 @@ from PIL import ExifTags, Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dataflow.media import load_image  # noqa: E402
 from dataflow.algorithms.hashing import draft_size, phash, to_hash_input  # noqa: E402
 
 DATASETS = {"large_jpeg (12 x 6 MP)": "large_jpeg", "coco_captions (363, ~640x480)": "coco_captions/images"}
 
 
 def decode(path: Path, draft: int | None = None) -> Image.Image:
-    """What dataflow.media.load_image will do: optional JPEG draft decode, then EXIF orientation."""
-    image = Image.open(path)
-    if draft:
-        image.draft("RGB", (draft, draft))
-    # exif_transpose copies the whole image even when the orientation is already upright; skip it then.
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    image.load()
-    return image
+    """The project's loader: optional JPEG draft decode to at least draft x draft, EXIF orientation, RGB."""
+    return load_image(path, draft_size=draft)
 
 
 def ours(paths: list[Path], draft: int | None) -> int:

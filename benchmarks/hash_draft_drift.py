@@ -19,6 +19,7 @@ from PIL import ExifTags, Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dataflow.media import load_image  # noqa: E402
 from dataflow.algorithms.hashing import HASH_METHODS, hash_size_input  # noqa: E402
 
 FACTORS = (1, 2, 4)
@@ -26,15 +27,8 @@ JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
 def decode(path: Path, draft: int | None = None) -> Image.Image:
-    """Open, optionally draft-decode to at least draft x draft, and apply the EXIF orientation."""
-    image = Image.open(path)
-    if draft:
-        image.draft("RGB", (draft, draft))
-    # exif_transpose copies the whole image even when the orientation is already upright; skip it then.
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    image.load()
-    return image
+    """The project's loader: optional JPEG draft decode to at least draft x draft, EXIF orientation, RGB."""
+    return load_image(path, draft_size=draft)
 
 
 def jpeg_files(data: Path) -> dict[str, list[Path]]:

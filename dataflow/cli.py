@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_argument("--category", choices=["filter", "eval", "generate", "refine", "other"])
     ops.add_argument("--json", action="store_true", help="machine-readable output")
     ops.add_argument("--lang", default="en", choices=["en", "zh"])
+    ops.add_argument("--doc", metavar="NAME", help="print the documentation page of operator NAME (markdown)")
     ops.set_defaults(func=cmd_ops)
 
     ins = sub.add_parser("inspect", help="show the steps of a cache folder, or rows of one step")
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--out", default="./cache_dedup", help="cache folder (default ./cache_dedup)")
     dd.add_argument("--num-workers", type=int, default=None)
     dd.set_defaults(func=cmd_dedup)
+
+    rep = sub.add_parser("report", help="write one self-contained HTML report of a cache folder: steps, duplicate "
+                         "groups, score histograms with thresholds, rejected and unreadable rows")
+    rep.add_argument("cache_dir")
+    rep.add_argument("-o", "--out", help="HTML file to write (default: CACHE_DIR/<prefix>_report.html)")
+    rep.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
+    rep.add_argument("--max-thumbnails", type=int, default=400, help="most images embedded (default 400)")
+    rep.set_defaults(func=cmd_report)
     return p
 
 
@@ -94,11 +103,18 @@ def cmd_run(args) -> int:
         pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
     except (CacheLockedError, CacheFolderError, StorageFormatError) as exc:
         raise _UserError(str(exc)) from None
-    storage = pipeline.storage
-    print(format_steps(storage.cache_path, storage.file_name_prefix))
-    last = storage.step_path(len(pipeline.compiled_calls))
-    print(f"\nresult: {last}\ncache:  {Path(storage.cache_path).resolve()}  (dataflow inspect {storage.cache_path})")
+    print_run_summary(pipeline)
     return 0
+
+
+def print_run_summary(pipeline) -> None:
+    """The step table of a finished pipeline and where its result and rejected rows are."""
+    storage = pipeline.storage
+    last = len(pipeline.compiled_calls)
+    print(format_steps(storage.cache_path, storage.file_name_prefix))
+    print(f"\nresult:   {Path(storage.step_path(last)).resolve()}")
+    print(f"rejected: {Path(storage.cache_path).resolve()}/{storage.file_name_prefix}_step*.rejected.jsonl")
+    print(f"look:     dataflow inspect {storage.cache_path} --step {last} --head 5")
 
 
 # ---------------------------------------------------------------- ops
@@ -109,6 +125,14 @@ def cmd_ops(args) -> int:
         ops = OPERATOR_REGISTRY.get_obj_map()
     except OperatorImportError as exc:
         raise _UserError(str(exc)) from None
+    if args.doc:
+        from dataflow.docs_gen import operator_doc
+
+        try:
+            print(operator_doc(args.doc), end="")
+        except KeyError as exc:
+            raise _UserError(exc.args[0]) from None
+        return 0
     rows = [{"name": n, "category": c.category, "description": c.get_desc(args.lang), "module": c.__module__}
             for n, c in ops.items() if not args.category or c.category == args.category]
     if args.json:
@@ -180,6 +204,18 @@ def cmd_dedup(args) -> int:
     print(f"\n{meta['rows_in']} images: {meta['rows_out']} kept, {len(dups)} near duplicates removed, "
           f"{len(unreadable)} unreadable")
     print(f"kept:     {storage.step_path(1).resolve()}\nrejected: {storage.rejected_path(1).resolve()}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+def cmd_report(args) -> int:
+    from dataflow.report import ReportError, build_report
+
+    try:
+        path = build_report(args.cache_dir, out=args.out, prefix=args.prefix, max_thumbnails=args.max_thumbnails)
+    except ReportError as exc:
+        raise _UserError(str(exc)) from None
+    print(path)
     return 0
 
 

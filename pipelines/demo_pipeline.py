@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dataflow.cli import format_steps
+from dataflow.cli import print_run_summary
 from dataflow.operators.core_vision import ImageExactDeduplicateFilter, ImageMetadataEvaluator, ScoreRangeFilter
 from dataflow.pipeline import PipelineABC
 from dataflow.utils.storage import FileStorage
@@ -43,13 +43,7 @@ def main() -> None:
     pipeline = DemoPipeline(args.cache, args.cache_type)
     pipeline.compile()
     pipeline.forward()
-    storage = pipeline.storage
-    print(format_steps(storage.cache_path, storage.file_name_prefix))
-    last = len(pipeline.compiled_calls)
-    print(f"\nresult:   {Path(storage.step_path(last)).resolve()}")
-    print(f"rejected: {Path(storage.cache_path).resolve()}/{storage.file_name_prefix}_step*.rejected.jsonl")
-    print(f"look:     dataflow inspect {storage.cache_path} --step {last} --head 5")
-
+    print_run_summary(pipeline)
 
 if __name__ == "__main__":
     main()

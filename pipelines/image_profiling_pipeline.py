@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dataflow.cli import format_steps
+from dataflow.cli import print_run_summary
 from dataflow.operators.core_vision.eval.image_metadata_evaluator import ImageMetadataEvaluator
 from dataflow.operators.core_vision.eval.image_quality_evaluator import ImageQualityEvaluator
 from dataflow.operators.core_vision.filter.image_aspect_ratio_filter import ImageAspectRatioFilter
@@ -82,13 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = ImageProfilingPipeline(args.input, args.cache, args.cache_type, args.num_workers)
     pipeline.compile()
     pipeline.forward()
-    storage = pipeline.storage
-    print(format_steps(storage.cache_path, storage.file_name_prefix))
-    last = len(pipeline.compiled_calls)
-    print(f"\nresult:   {Path(storage.step_path(last)).resolve()}")
-    print(f"metrics:  {Path(storage.step_path(4)).resolve()}  (every image that reached the quality step)")
-    print(f"rejected: {Path(storage.cache_path).resolve()}/{storage.file_name_prefix}_step*.rejected.jsonl")
-    print(f"look:     dataflow inspect {storage.cache_path} --step 5 --rejected")
+    print_run_summary(pipeline)
+    print(f"metrics:  {Path(pipeline.storage.step_path(4)).resolve()}  (every image that reached the quality step)")
 
 
 if __name__ == "__main__":
