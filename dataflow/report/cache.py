@@ -1,0 +1,287 @@
+"""A cache folder read once for the report: manifests, rejected sidecars and the step file(s) with scores."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dataflow.media.errors import REASONS as IMAGE_ERROR_REASONS
+from dataflow.storage.formats import read_table
+from dataflow.storage.manifest import read_manifest
+
+# Reasons that mean the row's image (or the row itself) could not be read: shown without a thumbnail.
+UNREADABLE_REASONS = frozenset(IMAGE_ERROR_REASONS) | {"malformed_row"}
+DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
+
+# Numeric columns that are identifiers, not scores.
+_NOT_SCORES = {"id", "index", "idx", "row", "row_id", "group", "dup_group", "step", "label"}
+
+# Filters whose parameters are thresholds on a score column: operator -> [(column from keys, default
+# column, parameter, side)]. Side "min" keeps values >= it, "max" keeps values <= it, "dup" marks a
+# similarity at or above which rows count as duplicates.
+_THRESHOLD_RULES: dict[str, list[tuple[str, str, str, str]]] = {
+    "ScoreRangeFilter": [("input_score_key", "", "min_score", "min"), ("input_score_key", "", "max_score", "max")],
+    "ImageResolutionFilter": [("input_width_key", "width", "min_width", "min"),
+                              ("input_width_key", "width", "max_width", "max"),
+                              ("input_height_key", "height", "min_height", "min"),
+                              ("input_height_key", "height", "max_height", "max")],
+    "ImageAspectRatioFilter": [("input_aspect_ratio_key", "aspect_ratio", "min_ratio", "min"),
+                               ("input_aspect_ratio_key", "aspect_ratio", "max_ratio", "max")],
+    "ImageTextSimilarityFilter": [("output_score_key", "clip_score", "min_score", "min")],
+    "ImageEmbeddingDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
+    "ImageHistogramDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
+    "ImageDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
+}
+
+
+class ReportError(ValueError):
+    """The cache folder cannot be reported on (missing, empty, several pipelines and no prefix)."""
+
+
+@dataclass
+class Table:
+    """One file read from the cache: a step's rows or a step's rejected rows."""
+
+    step: int
+    kind: str  # "step" | "rejected"
+    df: pd.DataFrame
+    image_base: str | None
+    _display: np.ndarray | None = field(default=None, repr=False)
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    def values(self, column: str) -> np.ndarray | None:
+        """A column as a numpy object array, converted once (row access without pandas overhead)."""
+        if column not in self._arrays:
+            self._arrays[column] = self.df[column].to_numpy(dtype=object) if column in self.df.columns else None
+        return self._arrays[column]
+
+    def display_images(self, image_key: str) -> np.ndarray:
+        """The image column as display strings (paths; dicts by their path)."""
+        if self._display is None:
+            if image_key not in self.df.columns:
+                self._display = np.array([f"<row {i}>" for i in range(len(self.df))], dtype=object)
+            else:
+                col = self.df[image_key]
+                if col.dtype == object and not all(isinstance(v, str) for v in col.head(64)):
+                    self._display = np.array([display_image(v) for v in col.tolist()], dtype=object)
+                else:
+                    self._display = col.astype(str).to_numpy(dtype=object)
+        return self._display
+
+
+@dataclass
+class Threshold:
+    column: str
+    step: int
+    operator: str
+    param: str
+    side: str  # min | max | dup
+    value: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.param} {fmt_number(self.value)}"
+
+
+@dataclass
+class CacheView:
+    """Everything the report needs from one pipeline's cache folder."""
+
+    path: Path
+    prefix: str
+    manifests: dict[int, dict]
+    image_key: str
+    text_key: str | None
+    steps: dict[int, Table]
+    rejected: dict[int, Table]
+    last_step: int
+
+    @classmethod
+    def open(cls, cache_path: str | os.PathLike, prefix: str | None = None, *, read_steps: bool = True,
+             columns_of_rejected: list[str] | None = None) -> "CacheView":
+        cache = Path(cache_path)
+        if not cache.is_dir():
+            raise ReportError(f"no such cache folder: {cache}")
+        prefix = prefix or only_prefix(cache)
+        manifests = load_manifests(cache, prefix)
+        if not manifests:
+            raise ReportError(f"{cache} holds no step manifests for prefix {prefix!r} ({prefix}_step<N>.meta.json)")
+        written = [s for s, m in manifests.items() if m.get("file") and (cache / m["file"]).exists()]
+        last = max(written) if written else max(manifests)
+        image_key = _first_key(manifests, ("input_image_key",)) or "image"
+        text_key = _first_key(manifests, ("input_text_key", "input_caption_key"))
+        view = cls(cache, prefix, manifests, image_key, text_key, {}, {}, last)
+        for step, meta in manifests.items():  # every sidecar, once
+            name = meta.get("rejected_file")
+            if name and (cache / name).exists():
+                df = read_table(cache / name, "jsonl")[0]
+                view.rejected[step] = Table(step, "rejected", df, meta.get("image_base"))
+        if read_steps and written:
+            view._read_step_files(written)
+        if view.text_key is None:
+            cols = set(view.columns_of(last))
+            view.text_key = next((c for c in ("caption", "text", "prompt") if c in cols), None)
+        return view
+
+    # ------------------------------------------------------------ reading
+    def columns_of(self, step: int) -> list[str]:
+        meta = self.manifests.get(step) or {}
+        if step in self.steps:
+            return [str(c) for c in self.steps[step].df.columns]
+        return [str(c) for c in meta.get("columns") or []]
+
+    def _read_step_files(self, written: list[int]) -> None:
+        """Read the last step, and an earlier step only for columns the later steps no longer hold."""
+        seen: dict[str, int] = {}
+        for step in sorted(written, reverse=True):
+            for col in self.manifests[step].get("columns") or []:
+                seen.setdefault(str(col), step)
+        wanted: dict[int, list[str]] = {self.last_step: []}
+        for col, step in seen.items():
+            wanted.setdefault(step, []).append(col)
+        for step, cols in sorted(wanted.items()):
+            meta = self.manifests[step]
+            base = {self.image_key, "image_error"} | ({self.text_key} if self.text_key else set())
+            df = _read_scalar_columns(self.path / meta["file"], meta.get("cache_type") or "jsonl", set(cols), base,
+                                      everything=step == self.last_step)
+            self.steps[step] = Table(step, "step", df, meta.get("image_base"))
+
+    def image_base(self, step: int) -> str | None:
+        meta = self.manifests.get(step) or {}
+        base = meta.get("image_base")
+        if base:
+            return base
+        entry = meta.get("first_entry_file_name")
+        return str(Path(entry).parent) if entry else str(self.path)
+
+    def operator(self, step: int) -> str:
+        return str((self.manifests.get(step) or {}).get("operator", "?"))
+
+    # ------------------------------------------------------------ derived facts
+    def group_keys(self) -> set[str]:
+        keys = {"dup_group"}
+        for meta in self.manifests.values():
+            for k, v in (meta.get("output_keys") or {}).items():
+                if "group" in k and isinstance(v, str):
+                    keys.add(v)
+        return keys
+
+    def thresholds(self) -> dict[str, list[Threshold]]:
+        """Threshold parameters of the filters, by the score column they act on."""
+        out: dict[str, list[Threshold]] = {}
+        for step, meta in self.manifests.items():
+            op = str(meta.get("operator", ""))
+            params = meta.get("params") or {}
+            keys = {**(meta.get("input_keys") or {}), **(meta.get("output_keys") or {})}
+            rules = _THRESHOLD_RULES.get(op)
+            if rules is None and ("min_score" in params or "max_score" in params) and keys.get("input_score_key"):
+                rules = _THRESHOLD_RULES["ScoreRangeFilter"]
+            for key, default, param, side in rules or []:
+                col = keys.get(key) or default
+                value = params.get(param)
+                if col and _is_number(value):
+                    out.setdefault(str(col), []).append(Threshold(str(col), step, op, param, side, float(value)))
+        return out
+
+
+def display_image(value: Any) -> str:
+    """How an image cell is shown: its path; a dict by its path; bytes as a marker."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        path = value.get("path")
+        return str(path) if isinstance(path, str) and path else "<embedded bytes>"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "<embedded bytes>"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "<none>"
+    return str(value)
+
+
+def numeric_values(s: pd.Series) -> np.ndarray | None:
+    """The column as float64 with NaN for missing values, or None when it is not a numeric score column."""
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return None
+    if pd.api.types.is_numeric_dtype(dtype):
+        return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if dtype == object:
+        head = [v for v in s.head(2000).tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if head and all(isinstance(v, (int, float, np.integer, np.floating))
+                        and not isinstance(v, (bool, np.bool_)) for v in head[:200]):
+            return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return None
+
+
+def is_score_name(name: str, group_keys: set[str]) -> bool:
+    low = name.lower()
+    return not (low in _NOT_SCORES or low.endswith("_id") or name in group_keys)
+
+
+def fmt_number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if abs(value) >= 1e4 and abs(value) < 1e15:
+        return f"{value:,.0f}"
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def only_prefix(cache: Path) -> str:
+    prefixes = sorted({p.name.rsplit("_step", 1)[0] for p in cache.glob("*_step*.meta.json")})
+    if not prefixes:
+        raise ReportError(f"{cache} holds no step manifests (*_step<N>.meta.json)")
+    if len(prefixes) > 1:
+        raise ReportError(f"{cache} holds several pipelines; choose one with --prefix: {', '.join(prefixes)}")
+    return prefixes[0]
+
+
+def load_manifests(cache: Path, prefix: str) -> dict[int, dict]:
+    out = {}
+    for path in cache.glob(f"{prefix}_step*.meta.json"):
+        meta = read_manifest(path)
+        if meta and "step" in meta and path.name == f"{prefix}_step{meta['step']}.meta.json":
+            out[int(meta["step"])] = meta
+    return dict(sorted(out.items()))
+
+
+def _first_key(manifests: dict[int, dict], names: tuple[str, ...]) -> str | None:
+    for meta in manifests.values():
+        keys = meta.get("input_keys") or {}
+        for name in names:
+            if isinstance(keys.get(name), str) and keys[name]:
+                return keys[name]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _read_scalar_columns(path: Path, kind: str, cols: set[str], base: set[str], *, everything: bool) -> pd.DataFrame:
+    """Read a step file: the image, caption and error columns plus the numeric ones among ``cols`` (all numeric
+    columns with ``everything``). Parquet reads only those columns, never embeddings or other lists."""
+    if kind != "parquet":
+        df = read_table(path, kind)[0]
+        return df if everything else df[[c for c in df.columns if c in cols or c in base]]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    cols = []
+    for f in schema:
+        numeric = pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+        if f.name in base or (numeric and (everything or f.name in cols)):
+            cols.append(f.name)
+    table = pq.read_table(path, columns=cols)
+    return table.to_pandas(integer_object_nulls=False)
