@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned to the local CPU build; an unpinned torch pulls several GB of CUDA wheels.
 TORCH := torch==2.13.0
+# The Ray version CI tests against (the [ray] extra accepts any recent one).
+RAY := ray[data]==2.60.0
 
 .PHONY: demo test venv clean
 
@@ -17,7 +19,7 @@ $(VENV)/.base-installed: pyproject.toml | $(BIN)/activate
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,clip]" "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,clip,ray]" "$(TORCH)" "$(RAY)"
 	touch $(VENV)/.base-installed $@
 
 venv: $(VENV)/.dev-installed

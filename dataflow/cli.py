@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume-step", type=int, default=None, help="skip the first N steps (DataFlow style)")
     run.add_argument("--no-resume", action="store_true", help="rerun every step even if cached")
     run.add_argument("--check", action="store_true", help="only validate the config and compile the pipeline")
+    run.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="run in this process (local, default) or on Ray Data (ray; pip install 'dataflow[ray]')")
+    run.add_argument("--address", default=None, help="with --engine ray: the Ray cluster to join, e.g. auto or "
+                     "ray://head:10001 (default: start a local Ray)")
     run.set_defaults(func=cmd_run)
 
     ops = sub.add_parser("ops", help="list registered operators")
@@ -100,7 +104,16 @@ def cmd_run(args) -> int:
     from dataflow.storage import CacheFolderError, CacheLockedError, StorageFormatError
 
     try:
-        pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
+        if args.engine == "ray":  # the same steps, manifests and resume on Ray Data (dataflow/engines/ray)
+            from dataflow.engines.ray import EngineError, run_config_pipeline
+
+            try:
+                run_config_pipeline(pipeline, config_path, address=args.address, resume_step=args.resume_step,
+                                    resume=None if args.no_resume else "auto")
+            except EngineError as exc:
+                raise _UserError(str(exc)) from None
+        else:
+            pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
     except (CacheLockedError, CacheFolderError, StorageFormatError) as exc:
         raise _UserError(str(exc)) from None
     print_run_summary(pipeline)

@@ -27,7 +27,7 @@ from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.storage import FileStorage
 
 TOP_LEVEL_KEYS = ("storage", "steps", "name", "description")
-STEP_KEYS = ("operator", "params", "run", "name")
+STEP_KEYS = ("operator", "params", "run", "name", "ray")  # ray: per-step options of --engine ray
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -128,6 +128,9 @@ def _build_step(i: int, step: Any, problems: list[str]):
     except KeyError as exc:
         problems.append(f"{where}: {exc.args[0]}")
         return None
+    from dataflow.engines.ray.options import check_options  # the `ray:` key (no Ray import needed)
+
+    problems.extend(check_options(step.get("ray"), f"{where} {name}"))
     params, run_keys = step.get("params") or {}, step.get("run") or {}
     if not isinstance(params, dict) or not isinstance(run_keys, dict):
         problems.append(f"{where} {name}: 'params' and 'run' must be mappings")

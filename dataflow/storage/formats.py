@@ -93,6 +93,10 @@ def read_columns(path: str | os.PathLike, kind: str, sample_rows: int = 100) -> 
     """Column names from the header (or the first rows) without reading the whole file."""
     path = Path(path)
     if kind == "parquet":
+        if path.is_dir():  # a step written by the Ray engine: a folder of Parquet shards (read_table reads
+            import pyarrow.dataset as pads  # them as one table already: pq.read_table accepts a folder)
+
+            return list(pads.dataset(path, format="parquet").schema.names)
         return list(pq.read_schema(path).names)
     if kind == "csv":
         return list(pd.read_csv(path, nrows=0).columns)

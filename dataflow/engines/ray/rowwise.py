@@ -1,0 +1,194 @@
+"""Run an operator's own ``run()`` on one pandas batch inside a Ray task or actor.
+
+The operator code is not duplicated: each task hands it a :class:`BatchStorage` holding one slice of the
+step in memory (``read()`` returns it, ``write(kept, rejected=...)`` captures the result), exactly the
+calls it makes on a ``FileStorage``. Row accounting is checked per batch as ``FileStorage`` checks it per
+step, then once more for the whole step on the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from dataflow.engines.ray.io import Slice, read_slice, shard_name, write_rejected_part, write_shard
+from dataflow.storage.file_storage import StorageError
+from dataflow.storage.formats import to_arrow
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every task of a step needs to know (picklable, small)."""
+
+    name: str  # operator class name, for messages
+    out_dir: str  # the step's temp folder (shards land here)
+    work_dir: str  # scratch files of multi-pass operators
+    image_base: str
+    image_key: str = "image"
+    keeps_rows: bool = True
+
+
+class BatchStorage:
+    """The storage an operator sees inside a task: one batch in memory, one write captured."""
+
+    cache_type = "parquet"
+
+    def __init__(self, df: pd.DataFrame, ctx: StepContext):
+        self._df = df
+        self._ctx = ctx
+        self.image_base = ctx.image_base
+        self.image_key = ctx.image_key
+        self.operator_step = 0
+        self.kept: pd.DataFrame | None = None
+        self.rejected: pd.DataFrame | None = None
+
+    def step(self) -> "BatchStorage":
+        return self
+
+    def read(self, output_type: str = "dataframe"):
+        if output_type == "dataframe":
+            return self._df
+        if output_type == "dict":
+            return self._df.to_dict("records")
+        raise ValueError(f"output_type must be 'dataframe' or 'dict', got {output_type!r}")
+
+    def write(self, data, rejected=None) -> str:
+        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+        rej = rejected if isinstance(rejected, pd.DataFrame) else pd.DataFrame(list(rejected or []))
+        if len(rej) and "reason" not in rej.columns:
+            raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
+        if self._ctx.keeps_rows and len(self._df) != len(df) + len(rej):
+            raise StorageError(f"{self._ctx.name}: rows in ({len(self._df)}) != rows out ({len(df)}) + rows "
+                               f"rejected ({len(rej)}) in one batch; an operator must hand every dropped row to "
+                               "storage.write(kept, rejected=dropped) with a reason")
+        self.kept, self.rejected = df, rej
+        return "<ray batch>"
+
+
+def worker_operator(cls: type, params: dict) -> Any:
+    """The operator rebuilt from its ``__init__`` arguments in a worker, its own process pool off: Ray
+    is the parallelism here (a model-backed operator loads its model once per actor)."""
+    params = dict(params)
+    if "num_workers" in params:
+        params["num_workers"] = 1
+    return cls(**params)
+
+
+def run_operator(op: Any, df: pd.DataFrame, keys: dict, ctx: StepContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The operator's unwrapped ``run`` on one batch: (kept rows, rejected rows)."""
+    storage = BatchStorage(df, ctx)
+    run = getattr(type(op).run, "__wrapped_run__", type(op).run)
+    run(op, storage, **keys)
+    if storage.kept is None:
+        raise StorageError(f"{ctx.name}.run() returned without calling storage.write()")
+    return storage.kept, storage.rejected
+
+
+@dataclass
+class SliceStats:
+    """What a task reports about its slice (one row of the step's stats table)."""
+
+    offset: int
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    reasons: dict = field(default_factory=dict)
+    shard: str = ""
+    schema: bytes = b""
+    rejected_parts: list = field(default_factory=list)
+
+    def as_row(self) -> dict:
+        return {"offset": self.offset, "rows_in": self.rows_in, "rows_out": self.rows_out,
+                "rows_rejected": self.rows_rejected, "reasons": json.dumps(self.reasons), "shard": self.shard,
+                "schema": self.schema, "rejected_parts": json.dumps(self.rejected_parts)}
+
+
+def serialize_schema(schema: pa.Schema) -> bytes:
+    return schema.serialize().to_pybytes()
+
+
+def deserialize_schema(blob: bytes) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(blob))
+
+
+def write_outputs(sl_offset: int, rows_in: int, kept: pd.DataFrame, rejected: list[tuple[str, pd.DataFrame]],
+                  ctx: StepContext) -> SliceStats:
+    """Write a slice's kept rows as a shard and each rejected frame as a part; report them."""
+    stats = SliceStats(offset=sl_offset, rows_in=rows_in, rows_out=len(kept), rows_rejected=0)
+    if len(kept):
+        stats.shard = shard_name(sl_offset)
+        stats.schema = serialize_schema(write_shard(kept, ctx.out_dir, stats.shard))
+    else:  # no shard, but the columns still count when the whole step ends up empty
+        stats.schema = serialize_schema(to_arrow(kept).schema)
+    reasons: Counter = Counter()
+    for phase, rej in rejected:
+        if rej is None or not len(rej):
+            continue
+        name = f"rej-{phase}-{sl_offset:012d}.jsonl"
+        write_rejected_part(rej, Path(ctx.out_dir) / "_rejected", name)
+        stats.rejected_parts.append(name)
+        stats.rows_rejected += len(rej)
+        reasons.update(str(r) for r in rej["reason"].tolist())
+    stats.reasons = dict(reasons)
+    return stats
+
+
+def rowwise_slice(op: Any, item: dict, job: "SliceJob") -> pd.DataFrame:
+    sl = Slice.from_item(item)
+    df = read_slice(sl)
+    kept, rej = run_operator(op, df, job.keys, job.ctx)
+    return pd.DataFrame([write_outputs(sl.offset, len(df), kept, [("a", rej)], job.ctx).as_row()])
+
+
+@dataclass
+class SliceJob:
+    """One pass over the slices of a step: ``kind`` names the function, the rest is its input."""
+
+    kind: str
+    cls: type
+    params: dict
+    keys: dict
+    ctx: StepContext
+    extra: dict = field(default_factory=dict)
+
+    def build(self) -> Any:
+        return worker_operator(self.cls, self.params) if self.cls is not None else None
+
+    def run(self, op: Any, batch: pd.DataFrame) -> pd.DataFrame:
+        from dataflow.engines.ray import dedup
+
+        fn = {"rowwise": rowwise_slice, "exact_prepare": dedup.exact_prepare, "hash_prepare": dedup.hash_prepare,
+              "vector_prepare": dedup.vector_prepare}[self.kind]
+        frames = [fn(op, item, self) for item in batch.to_dict("records")]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def slice_task(batch: pd.DataFrame, job: SliceJob) -> pd.DataFrame:
+    """A Ray task over descriptors: the operator is rebuilt per call (cheap for operators without models)."""
+    return job.run(job.build(), batch)
+
+
+class SliceActor:
+    """A Ray actor over descriptors: the operator (and its model) is built once per actor."""
+
+    def __init__(self, job: SliceJob):
+        self.job = job
+        self.op = job.build()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.job.run(self.op, batch)
+
+
+def dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(blob: bytes) -> Any:
+    return pickle.loads(blob)
