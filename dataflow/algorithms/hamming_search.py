@@ -134,7 +134,7 @@ def _neighbours(width: int, radius: int) -> int:
 def _block_overhead(n: int, width: int, radius: int) -> float:
     """Estimated nanoseconds of one block's search over ``n`` hashes, candidate checks excluded.
 
-    Fitted on measurements (one core, see ``benchmarks/README_search.md``): each (non-empty bucket,
+    Fitted on measurements (one core, see ``benchmarks/README.md``, Hamming search): each (non-empty bucket,
     neighbour mask) visit costs a few ns, plus about 20 ns and 1.5 ns per item when the neighbouring
     bucket is non-empty (gathering it); bucketing costs about 10 ns per hash.
     """

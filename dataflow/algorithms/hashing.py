@@ -296,7 +296,7 @@ def draft_size(method: str, hash_size: int = 8) -> int:
     Twice the method's input, so LANCZOS still reduces at least 2x after the DCT-domain downscale. On 397
     photos this halves pHash's drift from a full decode against asking for 1x (mean 0.51 vs 1.12 bits), while
     4x gains only 0.3 bit more for ~4x the decoded pixels; for aHash, dHash and wHash every such size already
-    reaches libjpeg's 1/8 limit on photos of 640 x 480 or more. See benchmarks/README_hashing.md.
+    reaches libjpeg's 1/8 limit on photos of 640 x 480 or more. See benchmarks/README.md ("Draft decode drift").
     """
     return DRAFT_FACTOR * hash_size_input(method, hash_size)
 
