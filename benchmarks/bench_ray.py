@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -98,21 +99,58 @@ def _signature(storage: FileStorage, n: int) -> tuple:
     return tuple(out)
 
 
-def run_local(make, work: Path, n_steps: int) -> dict:
-    cache = work / "local"
-    shutil.rmtree(cache, ignore_errors=True)
-    pipeline = make(cache).compile()
-    t0 = time.perf_counter()
-    pipeline.forward()
-    wall = time.perf_counter() - t0
-    return {"engine": "local", "wall_s": round(wall, 2),
+class _Passes(logging.Handler):
+    """Collects the engine's per-pass timing lines of the measured run."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _timed(run_once, repeat: int) -> tuple[list[float], object, list[str]]:
+    """``run_once(cache_index) -> pipeline`` ``repeat`` times; wall seconds, last pipeline, its pass log."""
+    walls, pipeline, passes = [], None, []
+    engine_log = logging.getLogger("dataflow.engines.ray")
+    for i in range(repeat):
+        handler = _Passes()
+        engine_log.addHandler(handler)
+        level = engine_log.level
+        engine_log.setLevel(logging.INFO)
+        try:
+            t0 = time.perf_counter()
+            pipeline = run_once(i)
+            walls.append(round(time.perf_counter() - t0, 2))
+        finally:
+            engine_log.removeHandler(handler)
+            engine_log.setLevel(level)
+        passes = handler.lines
+    return walls, pipeline, passes
+
+
+def _row(engine: str, walls: list[float], pipeline, n_steps: int, passes: list[str]) -> dict:
+    return {"engine": engine, "wall_s": walls, "best_s": min(walls), "median_s": float(np.median(walls)),
             "steps": [{"operator": m["operator"], "seconds": m["seconds"], "rows_in": m["rows_in"],
                        "rows_out": m["rows_out"], "rows_rejected": m["rows_rejected"]}
                       for m in _steps(pipeline.storage, n_steps)],
-            "signature": _signature(pipeline.storage, n_steps)}
+            "passes": passes, "signature": _signature(pipeline.storage, n_steps)}
 
 
-def run_ray(make, warm, work: Path, n_steps: int, cpus: int) -> dict:
+def run_local(make, work: Path, n_steps: int, repeat: int) -> dict:
+    def once(i: int):
+        cache = work / f"local{i}"
+        shutil.rmtree(cache, ignore_errors=True)
+        pipeline = make(cache).compile()
+        pipeline.forward()
+        return pipeline
+
+    walls, pipeline, _ = _timed(once, repeat)
+    return _row("local", walls, pipeline, n_steps, [])
+
+
+def run_ray(make, warm, work: Path, n_steps: int, cpus: int, repeat: int) -> dict:
     import ray
 
     from dataflow.engines.ray import run_pipeline
@@ -126,31 +164,40 @@ def run_ray(make, warm, work: Path, n_steps: int, cpus: int) -> dict:
         shutil.rmtree(warm_cache, ignore_errors=True)
         run_pipeline(warm(warm_cache).compile())
         warmup = time.perf_counter() - t0
-        cache = work / f"ray{cpus}"
-        shutil.rmtree(cache, ignore_errors=True)
-        pipeline = make(cache).compile()
-        t0 = time.perf_counter()
-        run_pipeline(pipeline)
-        wall = time.perf_counter() - t0
+
+        def once(i: int):
+            cache = work / f"ray{cpus}_{i}"
+            shutil.rmtree(cache, ignore_errors=True)
+            pipeline = make(cache).compile()
+            run_pipeline(pipeline)
+            return pipeline
+
+        walls, pipeline, passes = _timed(once, repeat)
     finally:
         ray.shutdown()
-    return {"engine": f"ray, {cpus} CPU", "ray_start_s": round(started, 2), "warmup_s": round(warmup, 2),
-            "wall_s": round(wall, 2),
-            "steps": [{"operator": m["operator"], "seconds": m["seconds"], "rows_in": m["rows_in"],
-                       "rows_out": m["rows_out"], "rows_rejected": m["rows_rejected"]}
-                      for m in _steps(pipeline.storage, n_steps)],
-            "signature": _signature(pipeline.storage, n_steps)}
+    row = _row(f"ray, {cpus} CPU", walls, pipeline, n_steps, passes)
+    row.update(ray_start_s=round(started, 2), warmup_s=round(warmup, 2))
+    return row
 
 
-def bench(name: str, make, warm, work: Path, n_steps: int, cpus: list[int]) -> list[dict]:
-    rows = [run_local(make, work, n_steps)]
-    print(f"{name}: local {rows[0]['wall_s']} s", flush=True)
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def bench(name: str, make, warm, work: Path, n_steps: int, cpus: list[int], repeat: int) -> list[dict]:
+    load = _load()
+    rows = [run_local(make, work, n_steps, repeat)]
+    rows[0]["load_before"] = load
+    print(f"{name}: local best {rows[0]['best_s']} s of {rows[0]['wall_s']} (load {load})", flush=True)
     for n in cpus:
-        row = run_ray(make, warm, work, n_steps, n)
+        load = _load()
+        row = run_ray(make, warm, work, n_steps, n, repeat)
+        row["load_before"] = load
         row["identical_to_local"] = row["signature"] == rows[0]["signature"]
         rows.append(row)
-        print(f"{name}: {row['engine']}: {row['wall_s']} s (start {row['ray_start_s']} s, warm-up "
-              f"{row['warmup_s']} s), identical to local: {row['identical_to_local']}", flush=True)
+        print(f"{name}: {row['engine']}: best {row['best_s']} s of {row['wall_s']} (start {row['ray_start_s']} s, "
+              f"warm-up {row['warmup_s']} s, load {load}), identical to local: {row['identical_to_local']}",
+              flush=True)
     for row in rows:
         row.pop("signature")
     return rows
@@ -163,6 +210,8 @@ def main() -> int:
     parser.add_argument("--photos", default=str(COCO))
     parser.add_argument("--skip-hashes", action="store_true")
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="measured runs per configuration (best and median "
+                        "are reported: the machine may be shared)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     try:
@@ -170,7 +219,11 @@ def main() -> int:
     except ImportError:
         print("Ray is not installed: pip install 'dataflow[ray]'", file=sys.stderr)
         return 2
-    results = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0]}}
+    import ray
+
+    results = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
+                           "ray": ray.__version__, "load_average_at_start": _load()},
+               "command": " ".join(["python", *sys.argv])}
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         work = Path(tmp)
         if not args.skip_hashes:
@@ -181,7 +234,8 @@ def main() -> int:
             synthetic_hashes(2000, seed=1).to_parquet(small)
             print(f"{args.hashes} synthetic hashes written in {time.perf_counter() - t0:.1f} s", flush=True)
             results["phash_dedup"] = {"rows": args.hashes, "max_distance": 10, "runs": bench(
-                "phash dedup", lambda c: HashDedup(src, c), lambda c: HashDedup(small, c), work, 1, args.cpus)}
+                "phash dedup", lambda c: HashDedup(src, c), lambda c: HashDedup(small, c), work, 1, args.cpus,
+                args.repeat)}
         if not args.skip_photos:
             photos = Path(args.photos)
             if not photos.is_dir():
@@ -194,7 +248,7 @@ def main() -> int:
                 n = sum(1 for p in photos.iterdir() if p.is_file())
                 results["quality"] = {"images": n, "runs": bench(
                     "quality evaluators", lambda c: Quality(photos, c), lambda c: Quality(few, c), work, 2,
-                    args.cpus)}
+                    args.cpus, args.repeat)}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -1054,6 +1054,7 @@ def _index(operators: dict[str, type], executed: set[str]) -> str:
            "- [YAML configs](#yaml-configs)", "- [Command line](#command-line)",
            "- [Coming from DataFlow](coming_from_dataflow.md)",
            "- [Coming from imagededup](coming_from_imagededup.md)",
+           "- [Running on Ray](ray.md)",
            "- [How the docs are checked](#how-the-docs-are-checked)", "",
            "## Operators", "",
            "One page per built-in operator: description, `__init__` and `run` parameters, the columns read and "

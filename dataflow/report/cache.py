@@ -275,9 +275,10 @@ def _read_scalar_columns(path: Path, kind: str, cols: set[str], base: set[str], 
         df = read_table(path, kind)[0]
         return df if everything else df[[c for c in df.columns if c in cols or c in base]]
     import pyarrow as pa
+    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
+    schema = pads.dataset(path, format="parquet").schema  # a file, or a Ray step's folder of shards
     cols = []
     for f in schema:
         numeric = pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)

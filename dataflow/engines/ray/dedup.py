@@ -402,8 +402,7 @@ def run_exact(run: "StepRun") -> pd.DataFrame:
     op, keys = run.op, run.keys
     slim = run.map_slices("exact_prepare", {"partitions": run.partitions}).materialize()
     readable = _count(slim)
-    groups = slim.groupby("part", num_partitions=run.shuffle_partitions(readable)).map_groups(
-        exact_group, batch_format="pandas")
+    groups = _groupby(slim, "part", run.shuffle_partitions(readable)).map_groups(exact_group, batch_format="pandas")
     dups = groups.to_pandas()
     dups = dups.sort_values(ROW_ID) if len(dups) else pd.DataFrame({ROW_ID: np.empty(0, np.int64),
                                                                     "keeper": np.empty(0, np.int64)})
@@ -434,7 +433,7 @@ def run_hash(run: "StepRun") -> pd.DataFrame:
     emitted = slim.map_batches(hash_emit, batch_format="numpy", fn_kwargs={
         "arrays": arrays, "k": k, "top_masks": top_masks, "top_start": top_start})
     shuffled_rows = readable * int(top_start[-1])
-    edges = emitted.groupby("part", num_partitions=run.shuffle_partitions(shuffled_rows)).map_groups(
+    edges = _groupby(emitted, "part", run.shuffle_partitions(shuffled_rows)).map_groups(
         hash_verify, batch_format="numpy", fn_kwargs={"t": op.max_distance, "arrays": arrays, "k": k})
     found = edges.to_pandas()
     a = found["a"].to_numpy(np.uint64) if len(found) else np.empty(0, np.uint64)
@@ -505,6 +504,15 @@ def run_vectors(run: "StepRun") -> pd.DataFrame:
         image_key = None
     return _write_groups(run, rows, groups, weight_name="similarity", image_key=image_key, readable=readable,
                          best=best, score_key=keys.get("output_score_key"))
+
+
+def _groupby(ds, key: str, partitions: int):
+    """``ds.groupby(key)`` into ``partitions`` output partitions (Ray Data versions without the argument
+    choose their own)."""
+    try:
+        return ds.groupby(key, num_partitions=partitions)
+    except TypeError:
+        return ds.groupby(key)
 
 
 def _check_keep_column(run: "StepRun", keep: str) -> None:
@@ -578,9 +586,9 @@ def _vector_shards(run: "StepRun", shard_rows: int) -> list[list[int]]:
     return shards
 
 
-def shard_rows_for(dim: int, budget_bytes: int = 256 << 20) -> int:
-    """Rows per vector shard: two shards of float32 vectors fit ``budget_bytes`` (with search overhead)."""
-    return max(1024, int(budget_bytes / (2 * 4 * max(1, dim)) / 2))
+def shard_rows_for(dim: int, budget_bytes: int = 128 << 20) -> int:
+    """Rows per vector shard: a pair of shards of float32 vectors takes about ``budget_bytes``."""
+    return max(1024, int(budget_bytes / (2 * 4 * max(1, dim))))
 
 
 __all__ = ["run_exact", "run_hash", "run_vectors", "shard_rows_for"]

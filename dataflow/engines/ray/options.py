@@ -30,7 +30,7 @@ class RayStepOptions:
 
     - ``num_cpus`` / ``num_gpus``: resources each task (or actor) reserves.
     - ``batch_size``: rows per task, each task handing its rows to the operator as one pandas batch
-      (default: the step's rows spread over about 4 tasks per cluster CPU, at most 16,384 rows).
+      (default: the step's rows spread over about 4 tasks per cluster CPU, 64 to 65,536 rows).
     - ``concurrency``: actors in the pool for model-backed operators (default 1 per ``num_gpus``-sized
       slot, i.e. as many as fit); for other operators, at most this many tasks at once.
     - ``max_retries``: how often Ray reruns a task whose worker died (actors are restarted as often);

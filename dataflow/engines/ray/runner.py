@@ -417,18 +417,24 @@ def _ship_user_modules(calls, ray) -> None:
 
 @contextmanager
 def _data_context(ray):
-    from ray.data.context import ShuffleStrategy
-
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.shuffle_strategy, ctx.enable_progress_bars)
-    # Sort-based shuffles start no aggregator actors: the cheaper choice at the partition counts used here.
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    saved_bars = ctx.enable_progress_bars
+    saved_shuffle = getattr(ctx, "shuffle_strategy", None)
+    try:
+        from ray.data.context import ShuffleStrategy
+    except ImportError:  # older Ray Data: its default shuffle is the sort-based one already
+        ShuffleStrategy = None
+    if ShuffleStrategy is not None:
+        # Sort-based shuffles start no aggregator actors: the cheaper choice at the partition counts used here.
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     flag = os.environ.get("DATAFLOW_PROGRESS")
     ctx.enable_progress_bars = (flag != "0") if flag is not None else sys.stderr.isatty()
     try:
         yield ctx
     finally:
-        ctx.shuffle_strategy, ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars = saved_bars
+        if ShuffleStrategy is not None:
+            ctx.shuffle_strategy = saved_shuffle
 
 
 def _connect(ray, address: str | None, init_kwargs: dict | None) -> bool:
