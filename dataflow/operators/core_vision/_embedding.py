@@ -65,6 +65,19 @@ def embed_images(embedder, sources: list, base_dir: str, *, batch_size: int, num
     return out
 
 
+def row_vectors(models: "EmbedderCache", storage, df, *, image_key: str, embedding_key: str | None, operator: str,
+                num_workers: int | None) -> list[ItemResult]:
+    """Per-row vectors: an existing embedding column when ``embedding_key`` is given, else the model's."""
+    from dataflow.operators.core_vision._dedup import vectors_from_column
+    from dataflow.operators.core_vision._images import image_column
+
+    if embedding_key:
+        return vectors_from_column(df, embedding_key, operator)[1]
+    sources = image_column(df, image_key, operator)
+    return embed_images(models.get(), sources, storage.image_base, batch_size=models.batch_size,
+                        num_workers=num_workers)
+
+
 def stack(results: list[ItemResult], dim: int) -> np.ndarray:
     good = [r.value for r in results if r.error is None]
     return np.stack(good).astype(np.float32) if good else np.zeros((0, dim), dtype=np.float32)

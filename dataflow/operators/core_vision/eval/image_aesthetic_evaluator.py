@@ -7,9 +7,8 @@ import pandas as pd
 
 from dataflow.core.operator import OperatorABC
 from dataflow.core.registry import OPERATOR_REGISTRY
-from dataflow.operators.core_vision._dedup import vectors_from_column
-from dataflow.operators.core_vision._embedding import EmbedderCache, embed_images
-from dataflow.operators.core_vision._images import errors_of, image_column
+from dataflow.operators.core_vision._embedding import EmbedderCache, row_vectors
+from dataflow.operators.core_vision._images import errors_of
 
 
 @OPERATOR_REGISTRY.register()
@@ -45,12 +44,8 @@ class ImageAestheticEvaluator(OperatorABC):
     def run(self, storage, input_image_key: str = "image", input_embedding_key: str | None = None,
             output_score_key: str = "aesthetic_score") -> list[str]:
         df = storage.read("dataframe")
-        if input_embedding_key:
-            _, results = vectors_from_column(df, input_embedding_key, type(self).__name__)
-        else:
-            sources = image_column(df, input_image_key, type(self).__name__)
-            results = embed_images(self._models.get(), sources, storage.image_base, batch_size=self.batch_size,
-                                   num_workers=self.num_workers)
+        results = row_vectors(self._models, storage, df, image_key=input_image_key, embedding_key=input_embedding_key,
+                              operator=type(self).__name__, num_workers=self.num_workers)
         good = [r.value for r in results if r.error is None]
         predicted = iter(self._predict(np.stack(good)) if good else [])
         df[output_score_key] = pd.Series([float(next(predicted)) if r.error is None else np.nan for r in results],

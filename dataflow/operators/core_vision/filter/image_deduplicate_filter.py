@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataflow.core.operator import OperatorABC
 from dataflow.core.registry import OPERATOR_REGISTRY
-from dataflow.operators.core_vision._dedup import check_keep, vectors_from_column, write_vector_dedup
-from dataflow.operators.core_vision._embedding import EmbedderCache, embed_images
-from dataflow.operators.core_vision._images import image_column
+from dataflow.operators.core_vision._dedup import check_keep, write_vector_dedup
+from dataflow.operators.core_vision._embedding import EmbedderCache, row_vectors
 
 
 @OPERATOR_REGISTRY.register()
@@ -48,12 +47,8 @@ class ImageDeduplicateFilter(OperatorABC):
     def run(self, storage, input_image_key: str = "image", output_score_key: str = "max_similarity",
             input_embedding_key: str | None = None, output_group_key: str = "dup_group") -> list[str]:
         df = storage.read("dataframe")
-        if input_embedding_key:
-            _, results = vectors_from_column(df, input_embedding_key, type(self).__name__)
-        else:
-            sources = image_column(df, input_image_key, type(self).__name__)
-            results = embed_images(self._models.get(), sources, storage.image_base, batch_size=self.batch_size,
-                                   num_workers=self.num_workers)
+        results = row_vectors(self._models, storage, df, image_key=input_image_key, embedding_key=input_embedding_key,
+                              operator=type(self).__name__, num_workers=self.num_workers)
         write_vector_dedup(storage, df, results, threshold=self.threshold, transitive=self.transitive,
                            keep=self.keep, image_key=input_image_key, score_key=output_score_key,
                            group_key=output_group_key, num_workers=self.num_workers)
