@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+# format_steps stays importable from here: docs_gen and the tests import dataflow.cli.format_steps.
+from dataflow.storage.cache_folder import CacheFolderReadError, format_steps, load_manifests, only_prefix
 from dataflow.storage.file_storage import dumps_row
 
 EXIT_USAGE = 2
@@ -170,7 +172,7 @@ def cmd_inspect(args) -> int:
     if args.step is None:
         print(format_steps(cache, prefix))
         return 0
-    manifest = _manifests(cache, prefix).get(args.step)
+    manifest = load_manifests(cache, prefix).get(args.step)
     if manifest is None:
         raise _UserError(f"no step {args.step} with prefix {prefix!r} in {cache}")
     from dataflow.storage.formats import read_table
@@ -232,35 +234,12 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _manifests(cache: Path, prefix: str) -> dict[int, dict]:
-    from dataflow.storage.manifest import read_manifest
-
-    out = {}
-    for path in cache.glob(f"{prefix}_step*.meta.json"):
-        meta = read_manifest(path)
-        if meta and path.name == f"{prefix}_step{meta['step']}.meta.json":
-            out[int(meta["step"])] = meta
-    return dict(sorted(out.items()))
-
-
 def _only_prefix(cache: Path) -> str:
-    prefixes = sorted({p.name.rsplit("_step", 1)[0] for p in cache.glob("*_step*.meta.json")})
-    if not prefixes:
-        raise _UserError(f"{cache} holds no step manifests (*_step<N>.meta.json)")
-    if len(prefixes) > 1:
-        raise _UserError(f"{cache} holds several pipelines; choose one with --prefix: {', '.join(prefixes)}")
-    return prefixes[0]
-
-
-def format_steps(cache_dir, prefix: str) -> str:
-    """The per-step table: operator, rows in / out / rejected, seconds, new columns."""
-    manifests = _manifests(Path(cache_dir), prefix)
-    header = ("step", "operator", "in", "out", "rejected", "seconds", "new columns")
-    rows = [(str(s), m["operator"], str(m.get("rows_in", "")), str(m["rows_out"]), str(m["rows_rejected"]),
-             f"{m['seconds']:.2f}", ", ".join(m.get("new_columns", [])) or "-") for s, m in manifests.items()]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    return "\n".join(lines)
+    """The one pipeline prefix in ``cache``; a folder without one, or with several, is a usage error."""
+    try:
+        return only_prefix(cache)
+    except CacheFolderReadError as exc:
+        raise _UserError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -156,3 +156,28 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path, src):
         ScoreRangeFilter(min_score=3).run(storage.step(), input_score_key="x")
     with pytest.raises(CacheFolderError, match="cannot write to cache folder"):
         CacheLock(blocker / "cache").acquire()
+
+
+NO_FCNTL = textwrap.dedent('''
+    import sys, warnings
+    sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
+    warnings.simplefilter("ignore")  # filelock warns that only its soft lock is left
+    from dataflow.storage.lock import CacheLock, CacheLockedError
+    with CacheLock(sys.argv[1]):
+        try:
+            CacheLock(sys.argv[1]).acquire()
+        except CacheLockedError as exc:
+            print(exc)
+    print("fcntl" in sys.modules and sys.modules["fcntl"] is None)
+''')
+
+
+def test_lock_imports_and_locks_without_fcntl(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", NO_FCNTL, str(tmp_path / "cache")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    refused, fcntl_blocked = done.stdout.splitlines()
+    assert "in use by another run (pid " in refused
+    assert fcntl_blocked == "True"
+    assert not (tmp_path / "cache" / ".dataflow.lock.holder").exists()  # released cleanly

@@ -165,8 +165,9 @@ def test_accounting_check_raises(tmp_path):
     src = write_input(tmp_path, pd.DataFrame({"a": [1, 2, 3]}))
     s = FileStorage(src, cache_path=tmp_path / "cache").step()
     df = s.read()
+    invented = pd.DataFrame({"a": [7, 8]}, index=[10, 11])  # rows that cannot be matched to the input
     with pytest.raises(StorageError, match=r"rows in \(3\) != rows out \(2\) \+ rows rejected \(0\)"):
-        s.write(df.iloc[:2])
+        s.write(invented)
     with pytest.raises(StorageError, match="'reason' column"):
         s.write(df.iloc[:2], rejected=df.iloc[2:])
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*_step1.*"))
@@ -238,3 +239,27 @@ def test_folder_listing_opens_no_image(tmp_path, monkeypatch):
     monkeypatch.setattr(PIL.Image, "open", refuse)
     df = FileStorage(root, cache_path=tmp_path / "c").step().read()
     assert len(df) == 2000 and df["image"].iloc[0] == "00000.jpg"
+
+
+def test_a_subset_written_without_rejected_records_the_dropped_rows(tmp_path):
+    """DataFlow's filter idiom, ``storage.write(df[mask])``: the storage records what disappeared."""
+    src = write_input(tmp_path, pd.DataFrame({"a": [1, 2, 3, 4]}))
+    storage = FileStorage(src, cache_path=tmp_path / "cache")
+    s = storage.step()
+    df = s.read()
+    s.write(df[df["a"] % 2 == 0])
+    rejected = storage.read_rejected(1)
+    assert rejected["a"].tolist() == [1, 3]
+    assert set(rejected["reason"]) == {"filtered_by_manual"}
+    meta = storage.manifest(1)
+    assert (meta["rows_in"], meta["rows_out"], meta["rows_rejected"]) == (4, 2, 2)
+
+
+def test_dicts_read_and_written_back_are_matched_by_identity(tmp_path):
+    src = write_input(tmp_path, pd.DataFrame({"a": [1, 2, 3]}))
+    storage = FileStorage(src, cache_path=tmp_path / "cache")
+    s = storage.step()
+    rows = s.read("dict")
+    s.write([r for r in rows if r["a"] != 2])
+    assert storage.read_rejected(1)["a"].tolist() == [2]
+    assert storage.manifest(1)["rows_rejected"] == 1

@@ -1,8 +1,22 @@
 """OperatorABC: configuration in ``__init__``, work in ``run(storage, input_*=..., output_*=...)``.
 
+An operator class is the single source of truth about itself. Engines, the report, the docs, ``compile()``
+and the CLI read what it declares here and never name an operator:
+
+- ``description`` / ``description_zh``: one line each for ``dataflow ops`` (``get_desc(lang)``); the class
+  docstring is the page, its ``Parameters`` section documents ``__init__`` and ``run``;
+- ``category`` (from its folder when left out), ``version``, ``keeps_rows``;
+- ``execution``: how an engine runs it: ``"rowwise"`` (each row decided on its own, so any slice of the
+  table can be processed apart), ``"table"`` (needs the whole table at once) or ``"dedup"`` (public phases,
+  see :class:`dataflow.core.dedup.DedupFilter`);
+- ``loads_model``: engines keep one instance per worker (an actor) so the model loads once;
+- ``thresholds``: the parameters a report draws on a score column (:class:`Threshold`);
+- ``output_columns(keys)`` / ``required_columns(keys)``: what a call adds and reads, for ``compile()``;
+- ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`).
+
 Subclasses get, without writing any of it: their ``__init__`` arguments recorded (for manifests and
-fingerprints), their ``run`` timed and announced to the storage, and their calls recorded or skipped
-by a pipeline's ``compile()`` and auto-resume.
+fingerprints), their ``run`` timed and announced to the storage, and their calls recorded or skipped by a
+pipeline's ``compile()`` and auto-resume.
 """
 
 from __future__ import annotations
@@ -11,29 +25,59 @@ import functools
 import inspect
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import dataflow
 from dataflow.core.context import active_hook
+from dataflow.core.fingerprint import code_fingerprint
 from dataflow.log import get_logger
 from dataflow.storage.file_storage import CallInfo
 from dataflow.storage.manifest import fingerprint
 
 CATEGORIES = ("filter", "eval", "generate", "refine")
+EXECUTIONS = ("rowwise", "table", "dedup")
 logger = get_logger("dataflow.operator")
 
 
-class OperatorABC(ABC):
-    """Base class of every operator.
+@dataclass(frozen=True)
+class Threshold:
+    """A parameter that is a threshold on a score column, for the report to draw.
 
-    Class attributes a subclass may set: ``category`` (derived from its folder when left out),
-    ``version`` (bump it when a change in the code should invalidate cached steps), ``keeps_rows``
-    (False only for operators that legitimately change the row count beyond rejecting rows).
+    ``column`` is a run key (``"input_score_key"``) whose value names the column, or a column name itself;
+    ``default`` is the column when that key is None. ``side``: ``"min"`` keeps values >= the parameter,
+    ``"max"`` keeps values <= it, ``"dup"`` marks a similarity at or above which rows are duplicates.
     """
 
-    category: str = "other"
-    version: int = 1
-    keeps_rows: bool = True
+    param: str
+    column: str
+    side: str
+    default: str | None = None
+
+    def resolve(self, params: dict, keys: dict) -> dict | None:
+        """``{column, param, side, value}`` for this call, or None when the parameter is unset."""
+        value = params.get(self.param)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        column = keys.get(self.column, self.column) if self.column.startswith(("input_", "output_")) else self.column
+        column = column or self.default
+        if not isinstance(column, str) or not column:
+            return None
+        return {"column": column, "param": self.param, "side": self.side, "value": float(value)}
+
+
+class OperatorABC(ABC):
+    """Base class of every operator (see the module docstring for what a subclass declares)."""
+
+    category: ClassVar[str] = "other"
+    version: ClassVar[int] = 1
+    keeps_rows: ClassVar[bool] = True
+    execution: ClassVar[str] = "table"
+    loads_model: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+    description_zh: ClassVar[str] = ""
+    thresholds: ClassVar[tuple[Threshold, ...]] = ()
+    example: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -41,6 +85,8 @@ class OperatorABC(ABC):
             parts = cls.__module__.split(".")
             found = [p for p in parts if p in CATEGORIES]
             cls.category = found[-1] if found else getattr(cls, "category", "other")
+        if cls.execution not in EXECUTIONS:
+            raise TypeError(f"{cls.__name__}.execution must be one of {EXECUTIONS}, got {cls.execution!r}")
         if "__init__" in cls.__dict__:
             cls.__init__ = _record_init(cls.__init__)
         if "run" in cls.__dict__ and not getattr(cls.run, "__isabstractmethod__", False):
@@ -52,7 +98,11 @@ class OperatorABC(ABC):
 
     @classmethod
     def get_desc(cls, lang: str = "en") -> str:
-        """A short description for ``dataflow ops`` (``lang`` "en" or "zh")."""
+        """A short description for ``dataflow ops`` (``lang`` "en" or "zh"; "zh" falls back to "en")."""
+        if lang == "zh" and cls.description_zh:
+            return cls.description_zh
+        if cls.description:
+            return cls.description
         doc = inspect.getdoc(cls) or ""
         return doc.split("\n\n")[0].replace("\n", " ")
 
@@ -69,10 +119,28 @@ class OperatorABC(ABC):
                 cols.extend([value] if isinstance(value, str) else list(value))
         return cols
 
+    def required_columns(self, keys: dict) -> dict[str, str]:
+        """``{what: column}`` this call reads: every ``input_*`` key, plus columns named by parameters.
+
+        Override to add parameters that name a column (``keep="sharpness"``); ``compile()`` checks each.
+        """
+        out = {}
+        for name, value in keys.items():
+            if name.startswith("input_") and value is not None:
+                for i, col in enumerate([value] if isinstance(value, str) else list(value)):
+                    out[name if isinstance(value, str) else f"{name}[{i}]"] = col
+        return out
+
+    def call_thresholds(self, keys: dict) -> list[dict]:
+        """The declared thresholds resolved for one call (what the manifest records for the report)."""
+        params = self.params
+        return [t for t in (th.resolve(params, keys) for th in self.thresholds) if t is not None]
+
     def fingerprint(self, keys: dict) -> str:
+        """Operator class and code, parameters by content, call keys and dataflow version."""
         cls = type(self)
-        return fingerprint(f"{cls.__module__}.{cls.__qualname__}", cls.version, self.params, keys,
-                           dataflow.__version__)
+        return fingerprint(f"{cls.__module__}.{cls.__qualname__}", cls.version, code_fingerprint(cls),
+                           self.params, keys, dataflow.__version__)
 
 
 def _record_init(init):
@@ -110,6 +178,15 @@ def run_keys(run, operator, args: tuple, kwargs: dict) -> tuple[Any, dict]:
     return storage, arguments
 
 
+def call_info(operator: OperatorABC, keys: dict) -> CallInfo:
+    """What the storage records about one call of ``operator`` (both engines build it here)."""
+    return CallInfo(operator=type(operator).__name__, params=operator.params,
+                    input_keys={k: v for k, v in keys.items() if k.startswith("input_")},
+                    output_keys={k: v for k, v in keys.items() if k.startswith("output_")},
+                    fingerprint=operator.fingerprint(keys), keeps_rows=operator.keeps_rows,
+                    thresholds=operator.call_thresholds(keys))
+
+
 def _wrap_run(run):
     @functools.wraps(run)
     def wrapper(self, *args, **kwargs):
@@ -118,18 +195,15 @@ def _wrap_run(run):
         if hook is not None and hook.on_call(self, storage, keys) != "run":
             return self.output_columns(keys)
         name = type(self).__name__
-        if hasattr(storage, "_call"):
-            storage._call = CallInfo(
-                operator=name, params=self.params,
-                input_keys={k: v for k, v in keys.items() if k.startswith("input_")},
-                output_keys={k: v for k, v in keys.items() if k.startswith("output_")},
-                fingerprint=self.fingerprint(keys), keeps_rows=self.keeps_rows)
+        begin = getattr(storage, "begin", None)
+        if callable(begin):
+            begin(call_info(self, keys))
         step = getattr(storage, "operator_step", "?")
-        logger.info("step %s %s: running", step + 1 if isinstance(step, int) else step, name)
+        label = step + 1 if isinstance(step, int) else step
+        logger.info("step %s %s: running", label, name)
         started = time.perf_counter()
         result = run(self, *args, **kwargs)
-        logger.info("step %s %s: done in %.2fs", step + 1 if isinstance(step, int) else step, name,
-                    time.perf_counter() - started)
+        logger.info("step %s %s: done in %.2fs", label, name, time.perf_counter() - started)
         return result
 
     wrapper.__wrapped_run__ = run

@@ -132,14 +132,10 @@ def check_keys(calls: list[RecordedCall]) -> list[str]:
                 known[sid] = set()
         columns = known[sid]
         name = type(call.operator).__name__
-        for param, value in call.keys.items():
-            if not param.startswith("input_") or value is None:
-                continue
-            for col in ([value] if isinstance(value, str) else list(value)):
-                if col not in columns:
-                    close = sorted(columns)
-                    problems.append(f"step {call.step + 1} {name}: {param}={col!r} is not a column at that "
-                                    f"point (columns: {', '.join(close) or 'none'})")
+        for param, col in call.operator.required_columns(call.keys).items():
+            if col not in columns:
+                problems.append(f"step {call.step + 1} {name}: {param}={col!r} is not a column at that "
+                                f"point (columns: {', '.join(sorted(columns)) or 'none'})")
         known[(_storage_id(call.storage), call.step + 1)] = columns | set(call.operator.output_columns(call.keys))
     return problems
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -26,11 +27,17 @@ class Registry:
         self._loaded_paths: set[str] = set()
 
     def register(self, obj: type | None = None, *, name: str | None = None) -> Callable | type:
+        """Register ``obj`` (or, used as ``@register()``, the decorated class) under ``name`` or its class name.
+
+        The same class registered again (a module imported twice) replaces the first silently; a different class
+        under a taken name raises ``KeyError`` naming both files.
+        """
         def deco(cls: type) -> type:
             key = name or cls.__name__
             existing = self._obj_map.get(key)
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise KeyError(f"an operator named {key!r} is already registered ({existing.__module__})")
+            if existing is not None and _identity(existing) != _identity(cls):
+                raise KeyError(f"an operator named {key!r} is already registered from {_source_of(existing)}; "
+                               f"{_source_of(cls)} registers another class under that name")
             self._obj_map[key] = cls
             return cls
 
@@ -82,6 +89,22 @@ class Registry:
                 _import_file(path)
                 loaded.append(key)
         return loaded
+
+
+def _source_of(cls: type) -> str:
+    """The file that defines ``cls``, or its module name when it has none (a REPL, exec'd code)."""
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:  # a module without a file (``__main__`` of a REPL, a docs block) or no longer imported
+        path = None
+    if path is None:
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return os.path.abspath(path) if path else f"<module {cls.__module__}>"
+
+
+def _identity(cls: type) -> tuple[str, str]:
+    """What makes two class objects "the same class": the defining file and the qualified name."""
+    return _source_of(cls), cls.__qualname__
 
 
 def user_operator_dirs(extra_dirs: Iterable[str | os.PathLike] = ()) -> list[Path]:

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from dataflow.media.errors import REASONS as IMAGE_ERROR_REASONS
+from dataflow.storage import cache_folder
+from dataflow.storage.cache_folder import CacheFolderReadError, load_manifests
 from dataflow.storage.formats import read_table
-from dataflow.storage.manifest import read_manifest
 
 # Reasons that mean the row's image (or the row itself) could not be read: shown without a thumbnail.
 UNREADABLE_REASONS = frozenset(IMAGE_ERROR_REASONS) | {"malformed_row"}
@@ -238,21 +239,11 @@ def fmt_number(value: float | None) -> str:
 
 
 def only_prefix(cache: Path) -> str:
-    prefixes = sorted({p.name.rsplit("_step", 1)[0] for p in cache.glob("*_step*.meta.json")})
-    if not prefixes:
-        raise ReportError(f"{cache} holds no step manifests (*_step<N>.meta.json)")
-    if len(prefixes) > 1:
-        raise ReportError(f"{cache} holds several pipelines; choose one with --prefix: {', '.join(prefixes)}")
-    return prefixes[0]
-
-
-def load_manifests(cache: Path, prefix: str) -> dict[int, dict]:
-    out = {}
-    for path in cache.glob(f"{prefix}_step*.meta.json"):
-        meta = read_manifest(path)
-        if meta and "step" in meta and path.name == f"{prefix}_step{meta['step']}.meta.json":
-            out[int(meta["step"])] = meta
-    return dict(sorted(out.items()))
+    """The one pipeline prefix in ``cache``; none, or several, is a ``ReportError``."""
+    try:
+        return cache_folder.only_prefix(cache)
+    except CacheFolderReadError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _first_key(manifests: dict[int, dict], names: tuple[str, ...]) -> str | None:

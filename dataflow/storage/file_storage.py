@@ -17,11 +17,10 @@ from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
 from dataflow.storage.inputs import input_kind, list_image_folder
 from dataflow.storage.lock import cache_folder_error
-from dataflow.storage.manifest import fingerprint, path_fingerprint, read_manifest, write_manifest
+from dataflow.storage.manifest import (StorageError, check_accounting, path_fingerprint, read_manifest,
+                                       step_manifest, write_manifest)
 
-
-class StorageError(RuntimeError):
-    """Storage used out of order, or an operator broke the row accounting."""
+__all__ = ["CallInfo", "FileStorage", "StorageError"]
 
 
 @dataclass
@@ -35,6 +34,7 @@ class CallInfo:
     fingerprint: str = ""
     started: float = field(default_factory=time.perf_counter)
     keeps_rows: bool = True  # False for operators allowed to change the row count freely (generate)
+    thresholds: list = field(default_factory=list)  # resolved ``Threshold`` declarations, for the report
 
 
 class FileStorage:
@@ -59,6 +59,8 @@ class FileStorage:
         self._rows_in: int | None = None
         self._columns_in: list[str] | None = None
         self._malformed: list[dict] = []
+        self._read_frame: pd.DataFrame | None = None
+        self._read_dicts: list[dict] | None = None
 
     # ------------------------------------------------------------ positions and paths
     @property
@@ -103,6 +105,10 @@ class FileStorage:
         meta = self.manifest(step)
         return bool(meta) and meta.get("fingerprint") == expected_fingerprint and self.step_path(step).exists()
 
+    def begin(self, call: CallInfo) -> None:
+        """An operator call opens the step it is about to write: its manifest names ``call``."""
+        self._call = call
+
     # ------------------------------------------------------------ reading
     def read(self, output_type: Literal["dataframe", "dict"] = "dataframe") -> pd.DataFrame | list[dict]:
         """Read the current step as a DataFrame or a list of dicts."""
@@ -112,10 +118,13 @@ class FileStorage:
         df = self._read_step(self.operator_step)
         self._rows_in = len(df) + len(self._malformed)
         self._columns_in = list(df.columns)
+        self._read_frame, self._read_dicts = None, None
         if output_type == "dataframe":
+            self._read_frame = df
             return df
         if output_type == "dict":
-            return df.to_dict("records")
+            self._read_dicts = df.to_dict("records")
+            return self._read_dicts
         raise ValueError(f"output_type must be 'dataframe' or 'dict', got {output_type!r}")
 
     def _read_step(self, step: int) -> pd.DataFrame:
@@ -150,18 +159,25 @@ class FileStorage:
     def write(self, data: pd.DataFrame | list[dict], rejected: pd.DataFrame | list[dict] | None = None) -> str:
         """Write the next step. ``rejected`` rows (with a ``reason`` column) go to the sidecar file.
 
-        Raises ``StorageError`` if rows in != rows out + rows rejected for a row-keeping operator.
+        A row-keeping operator that writes a subset of what it read and passes no ``rejected`` (DataFlow's
+        ``storage.write(df[mask])``) loses nothing: the rows that disappeared are recorded in the sidecar
+        with reason ``filtered_by_<Operator>``. Raises ``StorageError`` if rows in != rows out + rows
+        rejected otherwise.
         """
         if self.operator_step < 0:
             raise StorageError("write() before step(): call storage.step() first")
-        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+        call = self._call or CallInfo(operator="manual")
+        rows = None if isinstance(data, pd.DataFrame) else list(data)
+        df = data if rows is None else pd.DataFrame(rows)
         rej = _as_frame(rejected)
         if len(rej) and "reason" not in rej.columns:
             raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
+        if rejected is None and call.keeps_rows and self._rows_in is not None:
+            rej = self._disappeared(call.operator, df if rows is None else rows)
         if self._malformed:
             rej = pd.concat([rej, pd.DataFrame(self._malformed)], ignore_index=True)
-        call = self._call or CallInfo(operator="manual")
-        self._check_accounting(call, len(df), len(rej))
+        if self._rows_in is not None and call.keeps_rows:
+            check_accounting(call.operator, self._rows_in, len(df), len(rej))
 
         out_step = self.operator_step + 1
         target, rej_target = self.step_path(out_step), self.rejected_path(out_step)
@@ -176,46 +192,38 @@ class FileStorage:
                     write_table(rej, tmp, "jsonl")
             else:
                 rej_target.unlink(missing_ok=True)
-            write_manifest(self.manifest_path(out_step), self._manifest(call, out_step, df, rej))
+            write_manifest(self.manifest_path(out_step), step_manifest(
+                call, step=out_step, rows_in=self._rows_in, rows_out=len(df), rows_rejected=len(rej),
+                rejected_reasons=rej["reason"].value_counts().to_dict() if len(rej) else {},
+                input_fingerprint=self.step_fingerprint(self.operator_step) or "", columns=list(df.columns),
+                columns_in=self._columns_in or [], file=target.name,
+                rejected_file=rej_target.name if len(rej) else None, cache_type=self.cache_type,
+                first_entry_file_name=self.first_entry_file_name, image_base=self.image_base))
         except OSError as exc:
             raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)
 
-    def _check_accounting(self, call: CallInfo, rows_out: int, rows_rejected: int) -> None:
-        if self._rows_in is None or not call.keeps_rows:
-            return
-        if self._rows_in != rows_out + rows_rejected:
-            raise StorageError(f"{call.operator}: rows in ({self._rows_in}) != rows out ({rows_out}) + rows "
-                               f"rejected ({rows_rejected}); an operator must hand every dropped row to "
-                               "storage.write(kept, rejected=dropped) with a reason")
-
-    def _manifest(self, call: CallInfo, out_step: int, df: pd.DataFrame, rej: pd.DataFrame) -> dict:
-        input_fp = self.step_fingerprint(self.operator_step) or ""
-        columns = [str(c) for c in df.columns]
-        before = self._columns_in or []
-        return {
-            "step": out_step,
-            "operator": call.operator,
-            "params": call.params,
-            "input_keys": call.input_keys,
-            "output_keys": call.output_keys,
-            "rows_in": self._rows_in,
-            "rows_out": len(df),
-            "rows_rejected": len(rej),
-            "rejected_reasons": {str(k): int(v) for k, v in rej["reason"].value_counts().items()} if len(rej) else {},
-            "seconds": round(time.perf_counter() - call.started, 4),
-            "fingerprint": fingerprint(input_fp, call.fingerprint or call.operator),
-            "input_fingerprint": input_fp,
-            "columns": columns,
-            "new_columns": [c for c in columns if c not in before],
-            "file": self.step_path(out_step).name,
-            "rejected_file": self.rejected_path(out_step).name if len(rej) else None,
-            "cache_type": self.cache_type,
-            "first_entry_file_name": self.first_entry_file_name,
-            "image_base": self.image_base,
-            "dataflow_version": dataflow.__version__,
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+    def _disappeared(self, operator: str, written: pd.DataFrame | list[dict]) -> pd.DataFrame:
+        """The rows read but not written, when the written rows can be matched to them (by index for a
+        frame, by identity for the dicts ``read("dict")`` handed out); empty when they cannot."""
+        reason = f"filtered_by_{operator}"
+        if isinstance(written, pd.DataFrame) and self._read_frame is not None:
+            source = self._read_frame
+            if len(written) >= len(source) or not written.index.is_unique or not source.index.is_unique:
+                return pd.DataFrame()
+            if not written.index.isin(source.index).all():
+                return pd.DataFrame()
+            gone = source[~source.index.isin(written.index)].copy()
+        elif isinstance(written, list) and self._read_dicts is not None:
+            kept = {id(row) for row in written}
+            if len(kept) >= len(self._read_dicts) or not kept <= {id(row) for row in self._read_dicts}:
+                return pd.DataFrame()
+            gone = pd.DataFrame([row for row in self._read_dicts if id(row) not in kept])
+        else:
+            return pd.DataFrame()
+        gone["reason"] = reason
+        gone["detail"] = f"not in the rows {operator} wrote"
+        return gone.reset_index(drop=True)
 
     def read_rejected(self, step: int) -> pd.DataFrame:
         """The rows dropped when ``step`` was written (empty if none)."""

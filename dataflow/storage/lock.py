@@ -1,21 +1,28 @@
 """One run per cache folder: an advisory lock that dies with its process.
 
-``flock`` is released by the kernel when the holder exits, even on SIGKILL, so a lock file left by a
-killed run is simply taken over (with a warning naming the old holder) instead of blocking forever.
+The lock is ``filelock.FileLock`` on ``.dataflow.lock`` (``flock`` on Unix, ``msvcrt.locking`` on Windows). Both are
+released by the operating system when the holder exits, even on SIGKILL, so a lock left by a killed run is simply
+taken over (with a warning naming the old holder) instead of blocking forever.
+
+Who holds the lock is written to a small file beside it (``.dataflow.lock.holder``), not into the lock file:
+filelock may truncate, rewrite (its soft-lock fallback) or delete (Windows) its own file. The holder file is
+removed on a clean release, so one still there when the lock is won was left by a run that died.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from dataflow.log import get_logger
 
 LOCK_NAME = ".dataflow.lock"
+HOLDER_NAME = LOCK_NAME + ".holder"
 logger = get_logger("dataflow.storage")
 
 
@@ -28,54 +35,73 @@ class CacheFolderError(OSError):
 
 
 class CacheLock:
+    """The exclusive lock of one cache folder; re-entrant within one instance (nested ``acquire``)."""
+
     def __init__(self, cache_path: str | os.PathLike):
         self.folder = Path(cache_path)
         self.path = self.folder / LOCK_NAME
-        self._fd: int | None = None
+        self.holder_path = self.folder / HOLDER_NAME
+        self._lock: FileLock | None = None
         self._depth = 0
 
     def acquire(self) -> "CacheLock":
-        if self._fd is not None:  # re-entrant within one process (a pipeline forward inside another)
+        """Take the lock at once or raise ``CacheLockedError`` (held) / ``CacheFolderError`` (unwritable)."""
+        if self._lock is not None:  # re-entrant within one process (a pipeline forward inside another)
             self._depth += 1
             return self
+        lock = self._take()
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._claim()
         except OSError as exc:
+            lock.release()
             raise cache_folder_error(self.folder, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CacheLockedError(f"cache folder {self.folder} is in use by another run "
-                                       f"({self._holder() or 'unknown process'}); wait for it to finish or use "
-                                       "another cache_path") from None
-            raise
-        previous = self._holder()
-        if previous:
-            logger.warning("cache folder %s: took over a stale lock left by %s (that run ended without "
-                           "releasing it)", self.folder, previous)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                     .encode())
-        self._fd, self._depth = fd, 1
+        self._lock, self._depth = lock, 1
         return self
 
     def release(self) -> None:
-        if self._fd is None:
+        """Undo one ``acquire``; the last one removes the holder file and releases the lock."""
+        if self._lock is None:
             return
         self._depth -= 1
         if self._depth > 0:
             return
-        os.ftruncate(self._fd, 0)  # an empty lock file means "released cleanly"
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        try:
+            self.holder_path.unlink(missing_ok=True)  # no holder file means "released cleanly"
+        finally:
+            self._lock.release()
+            self._lock = None
+
+    def _take(self) -> FileLock:
+        """The acquired file lock, without waiting."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cache_folder_error(self.folder, exc) from None
+        # thread_local=False: the lock belongs to the run, which may release it from another thread.
+        lock = FileLock(self.path, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+            raise CacheLockedError(f"cache folder {self.folder} is in use by another run "
+                                   f"({self._holder() or 'unknown process'}); wait for it to finish or use "
+                                   "another cache_path") from None
+        except OSError as exc:
+            raise cache_folder_error(self.folder, exc) from None
+        return lock
+
+    def _claim(self) -> None:
+        """Write this process as the holder, warning about a holder left by a run that died."""
+        previous = self._holder()
+        if previous:
+            logger.warning("cache folder %s: took over a stale lock left by %s (that run ended without "
+                           "releasing it)", self.folder, previous)
+        self.holder_path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
 
     def _holder(self) -> str:
+        """The holder text, or "" when there is none."""
         try:
-            return self.path.read_text().strip()
+            return self.holder_path.read_text().strip()
         except OSError:
             return ""
 
@@ -87,6 +113,7 @@ class CacheLock:
 
 
 def cache_folder_error(folder: Path, exc: OSError) -> CacheFolderError:
+    """A ``CacheFolderError`` naming the folder and, in words, why it cannot be written."""
     why = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
            errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, str(exc))
     return CacheFolderError(exc.errno, f"cannot write to cache folder {folder}: {why}")

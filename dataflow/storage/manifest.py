@@ -3,28 +3,112 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from dataflow.storage.atomic import atomic_write_bytes
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable short hash of JSON-able parts; unknown objects fall back to their type and repr."""
-    blob = json.dumps(parts, sort_keys=True, default=_fallback, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """A stable short hash of ``parts`` by content.
+
+    Arrays and frames hash their bytes (two large arrays differing in one element differ), callables their
+    code and bound values, other objects their type and attributes; nothing goes through ``repr`` where
+    ``repr`` elides (numpy prints ``...`` past 1,000 elements) or holds a memory address.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, parts, 0)
+    return digest.hexdigest()[:32]
 
 
-def _fallback(value: Any) -> Any:
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(map(repr, value))
-    return f"<{type(value).__module__}.{type(value).__qualname__}:{value!r}>"
+def _feed(h, value: Any, depth: int) -> None:
+    if depth > 24:  # a cycle, or an absurdly deep object: its type is all that counts
+        h.update(f"<deep {type(value).__qualname__}>".encode())
+        return
+    if value is None or isinstance(value, (bool, int, float, str)):
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        h.update(b"bytes:" + hashlib.sha256(bytes(value)).digest())
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}[{len(value)}](".encode())
+        for item in value:
+            _feed(h, item, depth + 1)
+        h.update(b")")
+    elif isinstance(value, dict):
+        h.update(f"dict[{len(value)}](".encode())
+        for key in sorted(value, key=repr):
+            _feed(h, key, depth + 1)
+            _feed(h, value[key], depth + 1)
+        h.update(b")")
+    elif isinstance(value, (set, frozenset)):
+        _feed(h, ("set", sorted(fingerprint(v) for v in value)), depth + 1)
+    elif isinstance(value, os.PathLike):
+        _feed(h, ("path", os.fspath(value)), depth + 1)
+    elif isinstance(value, np.ndarray):
+        _feed_array(h, value)
+    elif isinstance(value, np.generic):
+        _feed(h, ("np", value.dtype.str, value.item()), depth + 1)
+    elif _is_pandas(value):
+        _feed_pandas(h, value, depth)
+    elif isinstance(value, types.CodeType):
+        h.update(b"code:" + value.co_code)
+        _feed(h, (value.co_name, value.co_names, value.co_varnames), depth + 1)
+        for const in value.co_consts:
+            _feed(h, const, depth + 1)
+    elif callable(value) and hasattr(value, "__code__"):
+        _feed_function(h, value, depth)
+    else:
+        h.update(f"<{type(value).__module__}.{type(value).__qualname__}>".encode())
+        state = getattr(value, "__dict__", None)
+        _feed(h, state if isinstance(state, dict) else repr(value), depth + 1)
+
+
+def _feed_array(h, array: np.ndarray) -> None:
+    h.update(f"ndarray:{array.dtype.str}:{array.shape};".encode())
+    if array.dtype == object:
+        for item in array.ravel().tolist():
+            _feed(h, item, 1)
+    else:
+        h.update(hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest())
+
+
+def _is_pandas(value: Any) -> bool:
+    return type(value).__module__.startswith("pandas.") and hasattr(value, "to_numpy")
+
+
+def _feed_pandas(h, value: Any, depth: int) -> None:
+    import pandas as pd
+
+    h.update(f"pandas:{type(value).__name__}:{value.shape};".encode())
+    columns = list(value.columns) if isinstance(value, pd.DataFrame) else [value.name]
+    _feed(h, [str(c) for c in columns], depth + 1)
+    try:
+        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+    except TypeError:  # unhashable cells (lists, dicts): hash them one by one
+        _feed(h, value.to_numpy(dtype=object), depth + 1)
+
+
+def _feed_function(h, fn: Any, depth: int) -> None:
+    h.update(f"fn:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')};".encode())
+    _feed(h, fn.__code__, depth + 1)
+    _feed(h, getattr(fn, "__defaults__", None), depth + 1)
+    cells = getattr(fn, "__closure__", None) or ()
+    _feed(h, [_cell_value(c) for c in cells], depth + 1)
+    bound = getattr(fn, "__self__", None)
+    if bound is not None and not isinstance(bound, types.ModuleType):
+        _feed(h, bound, depth + 1)
+
+
+def _cell_value(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
 
 
 def path_fingerprint(path: str | os.PathLike) -> str:
@@ -54,4 +138,68 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
     atomic_write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                                          default=_fallback))
+                                          default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(repr, value))
+    return f"<{type(value).__module__}.{type(value).__qualname__}:{value!r}>"
+
+
+class StorageError(RuntimeError):
+    """Storage used out of order, or an operator broke the row accounting."""
+
+
+class AccountingError(StorageError):
+    """An operator broke the row accounting: rows in != rows out + rows rejected."""
+
+
+def check_accounting(operator: str, rows_in: int, rows_out: int, rows_rejected: int, *, where: str = "") -> None:
+    """Rows in = rows out + rows rejected, or a clear error naming the operator (every engine checks here)."""
+    if rows_in != rows_out + rows_rejected:
+        raise AccountingError(f"{operator}: rows in ({rows_in}) != rows out ({rows_out}) + rows rejected "
+                              f"({rows_rejected}){where}; an operator must hand every dropped row to "
+                              "storage.write(kept, rejected=dropped) with a reason, or write a subset of the "
+                              "frame it read (same index) so the storage can record the dropped rows")
+
+
+def step_manifest(call: Any, *, step: int, rows_in: int | None, rows_out: int, rejected_reasons: dict,
+                  rows_rejected: int, input_fingerprint: str, columns: list[str], columns_in: list[str],
+                  file: str, rejected_file: str | None, cache_type: str, first_entry_file_name: str,
+                  image_base: str) -> dict:
+    """The manifest of one written step (``<prefix>_step<N>.meta.json``), for either engine.
+
+    ``call`` is the :class:`~dataflow.storage.file_storage.CallInfo` of the operator call that wrote it.
+    """
+    import time
+
+    import dataflow
+
+    columns = [str(c) for c in columns]
+    return {
+        "step": step,
+        "operator": call.operator,
+        "params": call.params,
+        "input_keys": call.input_keys,
+        "output_keys": call.output_keys,
+        "thresholds": list(call.thresholds),
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_rejected": rows_rejected,
+        "rejected_reasons": {str(k): int(v) for k, v in rejected_reasons.items()},
+        "seconds": round(time.perf_counter() - call.started, 4),
+        "fingerprint": fingerprint(input_fingerprint, call.fingerprint or call.operator),
+        "input_fingerprint": input_fingerprint,
+        "columns": columns,
+        "new_columns": [c for c in columns if c not in set(columns_in)],
+        "file": file,
+        "rejected_file": rejected_file,
+        "cache_type": cache_type,
+        "first_entry_file_name": first_entry_file_name,
+        "image_base": image_base,
+        "dataflow_version": dataflow.__version__,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -85,7 +85,7 @@ def _slim(offset: int, n: int, ok: np.ndarray, **columns) -> pd.DataFrame:
 def exact_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
     """Content hash per row (the operator's ``content_hash``), partitioned by hash prefix."""
     from dataflow.core.parallel import map_items
-    from dataflow.operators.core_vision._images import image_column
+    from dataflow.core.images import image_column
     from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import content_hash
 
     sl = Slice.from_item(item)
@@ -105,7 +105,7 @@ def exact_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
 def hash_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
     """Perceptual hash per row (the operator's own code: from a hash column or from the images)."""
     from dataflow.operators.core_vision._hashing import compute_hashes
-    from dataflow.operators.core_vision._images import image_column
+    from dataflow.core.images import image_column
 
     sl = Slice.from_item(item)
     df = read_slice(sl)
@@ -134,7 +134,7 @@ def vector_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
     """Unit vector per row (embedding column, colour histogram or CLIP embedding) into a side file."""
     from dataflow.core.parallel import map_items
     from dataflow.operators.core_vision._dedup import vectors_from_column
-    from dataflow.operators.core_vision._images import image_column
+    from dataflow.core.images import image_column
 
     sl = Slice.from_item(item)
     df = read_slice(sl)

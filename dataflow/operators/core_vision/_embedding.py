@@ -65,16 +65,16 @@ def embed_images(embedder, sources: list, base_dir: str, *, batch_size: int, num
     return out
 
 
-def row_vectors(models: "EmbedderCache", storage, df, *, image_key: str, embedding_key: str | None, operator: str,
+def row_vectors(models: "EmbedderCache", base_dir: str, df, *, image_key: str, embedding_key: str | None, operator: str,
                 num_workers: int | None) -> list[ItemResult]:
     """Per-row vectors: an existing embedding column when ``embedding_key`` is given, else the model's."""
-    from dataflow.operators.core_vision._dedup import vectors_from_column
-    from dataflow.operators.core_vision._images import image_column
+    from dataflow.core.images import image_column
+    from dataflow.operators.core_vision._vectors import vectors_from_column
 
     if embedding_key:
         return vectors_from_column(df, embedding_key, operator)[1]
     sources = image_column(df, image_key, operator)
-    return embed_images(models.get(), sources, storage.image_base, batch_size=models.batch_size,
+    return embed_images(models.get(), sources, base_dir, batch_size=models.batch_size,
                         num_workers=num_workers)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from dataflow.core.parallel import map_items
 from dataflow.media import image_info
 from dataflow.media.loader import is_null
-from dataflow.operators.core_vision._images import image_column
+from dataflow.core.images import image_column
 
 ERROR_COLUMN = "image_error"
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from dataflow.algorithms.histogram import color_histogram
 from dataflow.algorithms.quality import ANALYSIS_SIDE, analysis_image
-from dataflow.core.operator import OperatorABC
-from dataflow.core.parallel import map_items
+from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info, load_image
 from dataflow.media.loader import read_source_bytes
-from dataflow.operators.core_vision._images import errors_of, image_column
 from dataflow.operators.core_vision.eval.image_quality_evaluator import draft_size_for
+
+
+def check_bins(bins: int) -> int:
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 64:
+        raise ValueError(f"bins must be an integer in 1..64 (the vector has bins ** 3 values), got {bins!r}")
+    return bins
 
 
 def histogram_of(source, base_dir: str | None, bins: int, max_pixels: int | None) -> np.ndarray:
@@ -29,39 +32,42 @@ def histogram_of(source, base_dir: str | None, bins: int, max_pixels: int | None
 
 
 @OPERATOR_REGISTRY.register()
-class ImageHistogramEvaluator(OperatorABC):
+class ImageHistogramEvaluator(ImageEvaluator):
     """Adds a normalised joint RGB colour histogram per image: ``bins ** 3`` float32 values, unit L2 norm.
 
     The vector holds the square roots of each colour cell's share of the pixels, so the dot product of two
     vectors is the Bhattacharyya coefficient of their colour distributions (1 = identical). It is the
     vector colour-histogram and embedding deduplication search on. Unreadable images get a null vector and
     an ``image_error`` reason code.
+
+    Parameters:
+        bins: histogram bins per RGB channel; the vector has `bins ** 3` values
+        num_workers: worker processes that read images; None = one per CPU core (inputs under 48
+            images run in-process)
+        max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
+            `too_large` before it is decoded; None = no limit
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
+        output_histogram_key: column the histogram is written to
     """
+
+    description = "Joint RGB colour histogram per image as a unit-norm float32 vector of bins^3 values, for dedup search."
+    description_zh = "计算每张图像的 RGB 联合颜色直方图（bins^3 维、单位长度的 float32 向量），供直方图/向量去重使用。"
+    columns = ("color_histogram",)
+    object_columns = frozenset(columns)
+    renames = {"color_histogram": "output_histogram_key"}
+    progress_desc = "colour histogram"
 
     def __init__(self, bins: int = 8, num_workers: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 64:
-            raise ValueError(f"bins must be an integer in 1..64 (the vector has bins ** 3 values), got {bins!r}")
+        check_bins(bins)
         self.bins = bins
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "计算每张图像的 RGB 联合颜色直方图（bins^3 维、单位长度的 float32 向量），供直方图/向量去重使用。"
-        return "Joint RGB colour histogram per image as a unit-norm float32 vector of bins^3 values, for dedup search."
-
-    def output_columns(self, keys: dict) -> list[str]:
-        return [keys.get("output_histogram_key") or "color_histogram", "image_error"]
+    def score(self, source, base_dir: str | None) -> dict:
+        return {"color_histogram": histogram_of(source, base_dir, self.bins, self.max_pixels)}
 
     def run(self, storage, input_image_key: str = "image",
             output_histogram_key: str = "color_histogram") -> list[str]:
-        df = storage.read("dataframe")
-        sources = image_column(df, input_image_key, type(self).__name__)
-        results = map_items(histogram_of, sources, num_workers=self.num_workers, desc="colour histogram",
-                            base_dir=storage.image_base, bins=self.bins, max_pixels=self.max_pixels)
-        df[output_histogram_key] = pd.Series([r.value for r in results], index=df.index, dtype=object)
-        df["image_error"] = errors_of(results).set_axis(df.index)
-        storage.write(df)
-        return self.output_columns({"output_histogram_key": output_histogram_key})
+        return self.evaluate(storage, input_image_key=input_image_key, output_histogram_key=output_histogram_key)

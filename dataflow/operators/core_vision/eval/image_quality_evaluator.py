@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pandas as pd
 from PIL import Image
 
 from dataflow.algorithms.quality import ANALYSIS_SIDE, METRICS, compute_metrics
-from dataflow.core.operator import OperatorABC
-from dataflow.core.parallel import map_items
+from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info, load_image
 from dataflow.media.loader import read_source_bytes
-from dataflow.operators.core_vision._images import errors_of, image_column
 
 # Always written: header facts (from the same bytes, no decode) and the two metrics derived from them.
 FILE_COLUMNS = ("width", "height", "megapixels", "aspect_ratio", "file_bytes", "format")
@@ -78,7 +74,7 @@ def measure_image(source, base_dir: str | None, names: list[str], max_side: int,
 
 
 @OPERATOR_REGISTRY.register()
-class ImageQualityEvaluator(OperatorABC):
+class ImageQualityEvaluator(ImageEvaluator):
     """Adds quality metric columns per image (sharpness, blur_score, brightness, dark_score, entropy, ...).
 
     Each image is read once and decoded once, JPEGs at reduced size (DCT draft scaling to about
@@ -87,7 +83,24 @@ class ImageQualityEvaluator(OperatorABC):
     better). ``width``, ``height``, ``megapixels``, ``aspect_ratio``, ``file_bytes`` and ``format`` come from
     the header and are always written. Existing metric columns are recomputed. Unreadable images keep
     their row with null metrics and an ``image_error`` reason code.
+
+    Parameters:
+        metrics: `"all"` or a list of metric names (see the metrics table)
+        max_side: pixels the long side is decoded to (JPEG draft) before measuring on the 512-pixel grid
+        num_workers: worker processes that read images; None = one per CPU core (inputs under 48
+            images run in-process)
+        max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
+            `too_large` before it is decoded; None = no limit
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
     """
+
+    description = ("Quality metrics per image (sharpness, blur, brightness, dark/light, contrast, colourfulness, "
+                   "entropy, grayscale, jpeg_bpp, borders, edges) plus size and format, from one reduced decode.")
+    description_zh = ("图像质量指标：清晰度、模糊分、亮度、暗/亮分、对比度、色彩丰富度、饱和度、熵、灰度、JPEG 信息密度、"
+                      "边框/黑边、边缘密度，以及宽高、像素数、宽高比、文件字节数、格式；每张图只读取并解码一次。")
+    object_columns = _OBJECT_COLUMNS
+    progress_desc = "quality"
 
     def __init__(self, metrics: str | list[str] = "all", max_side: int = ANALYSIS_SIDE,
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
@@ -99,30 +112,8 @@ class ImageQualityEvaluator(OperatorABC):
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return ("图像质量指标：清晰度、模糊分、亮度、暗/亮分、对比度、色彩丰富度、饱和度、熵、灰度、JPEG 信息密度、"
-                    "边框/黑边、边缘密度，以及宽高、像素数、宽高比、文件字节数、格式；每张图只读取并解码一次。")
-        return ("Quality metrics per image (sharpness, blur, brightness, dark/light, contrast, colourfulness, "
-                "entropy, grayscale, jpeg_bpp, borders, edges) plus size and format, from one reduced decode.")
+    def score_columns(self) -> list[str]:
+        return [*FILE_COLUMNS, *self.names]
 
-    def output_columns(self, keys: dict) -> list[str]:
-        return [*FILE_COLUMNS, *self.names, "image_error"]
-
-    def run(self, storage, input_image_key: str = "image") -> list[str]:
-        df = storage.read("dataframe")
-        sources = image_column(df, input_image_key, type(self).__name__)
-        results = map_items(measure_image, sources, num_workers=self.num_workers, desc="quality",
-                            base_dir=storage.image_base, names=self.names, max_side=self.max_side,
-                            max_pixels=self.max_pixels)
-        rows = [r.value or {} for r in results]
-        for col in (*FILE_COLUMNS, *self.names):
-            values = [row.get(col) for row in rows]
-            if col in _OBJECT_COLUMNS:
-                df[col] = pd.Series(values, index=df.index, dtype=object)
-            else:
-                df[col] = pd.Series([np.nan if v is None else v for v in values], index=df.index, dtype=float)
-        df["image_error"] = errors_of(results).set_axis(df.index)
-        storage.write(df)
-        return self.output_columns({})
+    def score(self, source, base_dir: str | None) -> dict:
+        return measure_image(source, base_dir, self.names, self.max_side, self.max_pixels)

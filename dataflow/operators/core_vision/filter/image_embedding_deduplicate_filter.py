@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataflow.core.operator import OperatorABC
+import pandas as pd
+
+from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.operator import Threshold
+from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
-from dataflow.operators.core_vision._dedup import check_keep, vectors_from_column, write_vector_dedup
+from dataflow.operators.core_vision._vectors import vectors_from_column
 
 
 @OPERATOR_REGISTRY.register()
-class ImageEmbeddingDeduplicateFilter(OperatorABC):
+class ImageEmbeddingDeduplicateFilter(DedupFilter):
     """Removes rows whose vectors have cosine similarity >= ``threshold`` with a kept row.
 
     Works on any vector column (CLIP or CNN embeddings, colour histograms), so dedup is not tied to one
@@ -16,7 +20,27 @@ class ImageEmbeddingDeduplicateFilter(OperatorABC):
     full matrix would give. Kept rows get ``max_similarity``: their true highest cosine to any other row,
     also when it is below the threshold. Dropped rows go to the rejected file with reason
     ``near_duplicate``, ``duplicate_of`` and ``similarity``; rows without a vector with their reason.
+
+    Parameters:
+        threshold: cosine similarity at or above which two rows are duplicates
+        transitive: True: duplicates of duplicates join one group (connected components); False: each
+            kept row claims only its own direct neighbours (no chains)
+        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
+            (highest value wins)
+        input_embedding_key: column holding one vector (list of float) per row
+        output_score_key: column the score is written to
+        input_image_key: image column named in `duplicate_of` of rejected rows; None = `image` when
+            present, else the row index
+        output_group_key: kept rows get a duplicate-group id in this column and the group's size in
+            `<key>_size`; None = no group columns
     """
+
+    description = "Drops near duplicates over any vector column by cosine similarity (blockwise, exact pairs)."
+    description_zh = "对任意向量列（CLIP/CNN 嵌入、颜色直方图）按余弦相似度分块搜索去重，记录真实的最近邻相似度。"
+    search = "cosine"
+    weight_name = "similarity"
+    score_key = "output_score_key"
+    thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
     def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "first"):
         if not -1.0 <= threshold <= 1.0:
@@ -25,21 +49,14 @@ class ImageEmbeddingDeduplicateFilter(OperatorABC):
         self.transitive = transitive
         self.keep = check_keep(keep)
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "对任意向量列（CLIP/CNN 嵌入、颜色直方图）按余弦相似度分块搜索去重，记录真实的最近邻相似度。"
-        return "Drops near duplicates over any vector column by cosine similarity (blockwise, exact pairs)."
+    def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
+        return vectors_from_column(df, keys["input_embedding_key"], type(self).__name__)[1]
 
-    def output_columns(self, keys: dict) -> list[str]:
-        group = keys.get("output_group_key")
-        return [keys.get("output_score_key") or "max_similarity", *([group, f"{group}_size"] if group else [])]
+    def image_key(self, keys: dict, columns) -> str | None:
+        key = keys.get("input_image_key") or "image"
+        return key if key in columns else None
 
     def run(self, storage, input_embedding_key: str = "embedding", output_score_key: str = "max_similarity",
             input_image_key: str | None = None, output_group_key: str = "dup_group") -> list[str]:
-        df = storage.read("dataframe")
-        _, results = vectors_from_column(df, input_embedding_key, type(self).__name__)
-        write_vector_dedup(storage, df, results, threshold=self.threshold, transitive=self.transitive,
-                           keep=self.keep, image_key=input_image_key, score_key=output_score_key,
-                           group_key=output_group_key)
-        return self.output_columns({"output_score_key": output_score_key, "output_group_key": output_group_key})
+        return self.deduplicate(storage, input_embedding_key=input_embedding_key, output_score_key=output_score_key,
+                                input_image_key=input_image_key, output_group_key=output_group_key)

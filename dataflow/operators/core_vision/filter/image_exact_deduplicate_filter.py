@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
-import numpy as np
+import pandas as pd
 import xxhash
 
-from dataflow.core.operator import OperatorABC
-from dataflow.core.parallel import map_items
+from dataflow.core.dedup import Decisions, DedupFilter
+from dataflow.core.images import image_column
+from dataflow.core.parallel import ItemResult, map_items
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info, load_image
 from dataflow.media.loader import read_source_bytes
-from dataflow.operators.core_vision._images import image_column, rejected_unreadable
 
 
 def content_hash(source, base_dir: str, on: str, max_pixels: int | None) -> str:
     """128-bit xxh3 of the file bytes, or of the decoded upright RGB pixels and their size."""
     if on == "bytes":
         data, label = read_source_bytes(source, base_dir)
-        image_info({"bytes": data, "path": label}, max_pixels=max_pixels)  # a duplicate of a broken file is still a broken file
+        image_info({"bytes": data, "path": label}, max_pixels=max_pixels)  # a copy of a broken file is still broken
         return xxhash.xxh3_128_hexdigest(data)
     img = load_image(source, base_dir, max_pixels=max_pixels)
     return xxhash.xxh3_128_hexdigest(f"{img.width}x{img.height}:".encode() + img.tobytes())
 
 
 @OPERATOR_REGISTRY.register()
-class ImageExactDeduplicateFilter(OperatorABC):
+class ImageExactDeduplicateFilter(DedupFilter):
     """Removes exact duplicate images by a content hash, keeping the first row of each group.
 
     ``on="bytes"`` hashes the file bytes (fast, no decode); ``on="pixels"`` hashes the decoded,
     orientation-applied RGB pixels, so a PNG and its lossless re-save match. Dropped rows go to the
     rejected file with reason ``exact_duplicate`` and ``duplicate_of`` naming the kept image;
     unreadable images are rejected with their reason code.
+
+    Parameters:
+        on: `"bytes"`: hash the file bytes (no decode); `"pixels"`: hash the decoded upright RGB pixels
+        num_workers: worker processes that read images; None = one per CPU core (inputs under 48
+            images run in-process)
+        max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
+            `too_large` before it is decoded; None = no limit
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
+        output_hash_key: if given, kept rows get their xxh3-128 content hash in this column
     """
+
+    description = "Drops exact duplicate images (hash of file bytes or decoded pixels), keeping the first of each group."
+    description_zh = "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张。"
+    search = "exact"
+    reason = "exact_duplicate"
+    group_key = None
 
     def __init__(self, on: str = "bytes", num_workers: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
@@ -41,47 +57,19 @@ class ImageExactDeduplicateFilter(OperatorABC):
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张。"
-        return "Drops exact duplicate images (hash of file bytes or decoded pixels), keeping the first of each group."
+    def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
+        sources = image_column(df, keys["input_image_key"], type(self).__name__)
+        return map_items(content_hash, sources, num_workers=self.num_workers, desc=f"hash {self.on}",
+                         base_dir=base_dir, on=self.on, max_pixels=self.max_pixels)
+
+    def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+        kept, dups = super().split(good, decided, keys)
+        if keys.get("output_hash_key"):
+            kept[keys["output_hash_key"]] = list(decided.keys[decided.keep])
+        return kept, dups
 
     def output_columns(self, keys: dict) -> list[str]:
         return [keys["output_hash_key"]] if keys.get("output_hash_key") else []
 
     def run(self, storage, input_image_key: str = "image", output_hash_key: str | None = None) -> list[str]:
-        df = storage.read("dataframe")
-        sources = image_column(df, input_image_key, type(self).__name__)
-        results = map_items(content_hash, sources, num_workers=self.num_workers, desc=f"hash {self.on}",
-                            base_dir=storage.image_base, on=self.on, max_pixels=self.max_pixels)
-        readable, rejected = rejected_unreadable(df, results)
-        hashes = np.array([r.value for r in results], dtype=object)
-
-        kept_df = df[readable.to_numpy()]
-        kept_hashes = hashes[readable.to_numpy()]
-        first_of = {}
-        is_first = np.ones(len(kept_df), dtype=bool)
-        dup_of = [None] * len(kept_df)
-        images = kept_df[input_image_key].tolist()
-        for pos, h in enumerate(kept_hashes):
-            if h in first_of:
-                is_first[pos] = False
-                dup_of[pos] = images[first_of[h]]
-            else:
-                first_of[h] = pos
-        dups = kept_df[~is_first].copy()
-        dups["reason"] = "exact_duplicate"
-        dups["duplicate_of"] = [d for d, f in zip(dup_of, is_first) if not f]
-        out = kept_df[is_first].copy()
-        if output_hash_key:
-            out[output_hash_key] = kept_hashes[is_first]
-        storage.write(out, rejected=_concat(rejected, dups))
-        return self.output_columns({"output_hash_key": output_hash_key})
-
-
-def _concat(*frames):
-    import pandas as pd
-
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else None
+        return self.deduplicate(storage, input_image_key=input_image_key, output_hash_key=output_hash_key)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from dataflow.algorithms.grouping import group_duplicates
-from dataflow.algorithms.hamming_search import find_near_duplicate_unique
 from dataflow.algorithms.hashing import HASH_METHODS, hex_to_hash
-from dataflow.core.operator import OperatorABC
+from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.images import ERROR_COLUMN, image_column
+from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS
-from dataflow.operators.core_vision._dedup import check_keep, concat_rejected, keep_ranks, split_groups
 from dataflow.operators.core_vision._hashing import compute_hashes
-from dataflow.operators.core_vision._images import image_column, rejected_unreadable
-from dataflow.core.parallel import ItemResult
 
 
 @OPERATOR_REGISTRY.register()
-class ImageHashDeduplicateFilter(OperatorABC):
+class ImageHashDeduplicateFilter(DedupFilter):
     """Removes near-duplicate images whose perceptual hashes differ in at most ``max_distance`` bits.
 
     All pairs within the radius are found by a multi-index (pHash block) search, exactly as brute force
@@ -27,7 +23,33 @@ class ImageHashDeduplicateFilter(OperatorABC):
     ``keep`` chooses the survivor: "first", "largest" or a column (highest wins). Kept rows get a group id
     and group size; dropped rows go to the rejected file with reason ``near_duplicate``, ``duplicate_of``
     and ``distance``; unreadable images with their reason code.
+
+    Parameters:
+        method: perceptual hash: `"ahash"`, `"dhash"`, `"phash"` or `"whash"`
+        max_distance: largest Hamming distance (bits) between the hashes of two duplicates
+        transitive: True: duplicates of duplicates join one group (connected components); False: each
+            kept row claims only its own direct neighbours (no chains)
+        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
+            (highest value wins)
+        hash_size: side of the hash grid; the hash has `hash_size ** 2` bits (8: 64 bits, 16 hex digits)
+        draft: decode JPEGs at reduced size (DCT scaling) before hashing: several times faster, about
+            half a bit of drift
+        num_workers: worker processes that read images; None = one per CPU core (inputs under 48
+            images run in-process)
+        max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
+            `too_large` before it is decoded; None = no limit
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
+        input_hash_key: column of hex hashes (from `ImageHashEvaluator`, same method) to reuse instead of
+            hashing the images; None = hash them
+        output_group_key: kept rows get a duplicate-group id in this column and the group's size in
+            `<key>_size`; None = no group columns
     """
+
+    description = "Drops near-duplicate images within a Hamming radius of their perceptual hash (multi-index search)."
+    description_zh = "按感知哈希的汉明距离（多索引分块搜索）去除近似重复图像，支持传递/非传递分组与保留策略。"
+    search = "hamming"
+    weight_name = "distance"
 
     def __init__(self, method: str = "phash", max_distance: int = 10, transitive: bool = True,
                  keep: str = "first", hash_size: int = 8, draft: bool = True, num_workers: int | None = None,
@@ -45,52 +67,29 @@ class ImageHashDeduplicateFilter(OperatorABC):
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "按感知哈希的汉明距离（多索引分块搜索）去除近似重复图像，支持传递/非传递分组与保留策略。"
-        return "Drops near-duplicate images within a Hamming radius of their perceptual hash (multi-index search)."
-
-    def output_columns(self, keys: dict) -> list[str]:
-        group = keys.get("output_group_key")
-        return [group, f"{group}_size"] if group else []
+    def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
+        """uint64 hashes: read from ``input_hash_key`` when given, else computed from the images."""
+        if keys.get("input_hash_key"):
+            return hashes_from_column(df, keys["input_hash_key"], type(self).__name__)
+        sources = image_column(df, keys["input_image_key"], type(self).__name__)
+        hashes, results = compute_hashes(sources, base_dir, method=self.method, hash_size=self.hash_size,
+                                         draft=self.draft, num_workers=self.num_workers, max_pixels=self.max_pixels)
+        return [ItemResult(h) if r.error is None else r for h, r in zip(hashes, results)]
 
     def run(self, storage, input_image_key: str = "image", input_hash_key: str | None = None,
             output_group_key: str = "dup_group") -> list[str]:
-        df = storage.read("dataframe")
-        if input_hash_key:
-            hashes, results = self._hashes_from_column(df, input_hash_key)
-        else:
-            sources = image_column(df, input_image_key, type(self).__name__)
-            hashes, results = compute_hashes(sources, storage.image_base, method=self.method,
-                                             hash_size=self.hash_size, draft=self.draft,
-                                             num_workers=self.num_workers, max_pixels=self.max_pixels)
-        readable, unreadable = rejected_unreadable(df, results)
-        mask = readable.to_numpy()
-        good = df[mask]
-        found = find_near_duplicate_unique(hashes[mask], self.max_distance)
-        priority = keep_ranks(good, self.keep, input_image_key, storage.image_base, self.num_workers)
-        groups = group_duplicates(len(good), found.pairs, priority=priority, transitive=self.transitive,
-                                  closer="smaller", inverse=found.inverse)
-        kept, dups = split_groups(good, groups, image_key=input_image_key, weight_name="distance",
-                                  group_key=output_group_key)
-        if len(dups):
-            dups["distance"] = dups["distance"].astype("int64")
-        storage.write(kept, rejected=concat_rejected(unreadable, dups))
-        return self.output_columns({"output_group_key": output_group_key})
+        return self.deduplicate(storage, input_image_key=input_image_key, input_hash_key=input_hash_key,
+                                output_group_key=output_group_key)
 
-    def _hashes_from_column(self, df: pd.DataFrame, key: str) -> tuple[np.ndarray, list[ItemResult]]:
-        if key not in df.columns:
-            raise KeyError(f"{type(self).__name__}: input_hash_key={key!r} is not a column")
-        values = df[key].tolist()
-        errors = df["image_error"].tolist() if "image_error" in df.columns else [None] * len(df)
-        results, hexes = [], []
-        for value, error in zip(values, errors):
-            if isinstance(value, str) and value:
-                results.append(ItemResult(value))
-                hexes.append(value)
-            else:
-                reason = error if isinstance(error, str) and error else "missing_hash"
-                results.append(ItemResult(None, reason, f"no {key} value"))
-                hexes.append("0" * 16)
-        return hex_to_hash(hexes), results
+
+def hashes_from_column(df: pd.DataFrame, key: str, operator: str) -> list[ItemResult]:
+    """Hex hashes an earlier step wrote; rows without one carry that step's ``image_error`` reason."""
+    if key not in df.columns:
+        raise KeyError(f"{operator}: input_hash_key={key!r} is not a column")
+    errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
+    values = df[key].tolist()
+    present = [isinstance(v, str) and bool(v) for v in values]
+    hashes = hex_to_hash([v if ok else "0" * 16 for v, ok in zip(values, present)])
+    return [ItemResult(h) if ok else ItemResult(None, e if isinstance(e, str) and e else "missing_hash",
+                                                f"no {key} value")
+            for h, ok, e in zip(hashes, present, errors)]

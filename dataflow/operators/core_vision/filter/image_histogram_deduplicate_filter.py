@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataflow.core.operator import OperatorABC
-from dataflow.core.parallel import map_items
+import pandas as pd
+
+from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.images import image_column
+from dataflow.core.operator import Threshold
+from dataflow.core.parallel import ItemResult, map_items
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS
-from dataflow.operators.core_vision._dedup import check_keep, vectors_from_column, write_vector_dedup
-from dataflow.operators.core_vision._images import image_column
-from dataflow.operators.core_vision.eval.image_histogram_evaluator import histogram_of
+from dataflow.operators.core_vision._vectors import vectors_from_column
+from dataflow.operators.core_vision.eval.image_histogram_evaluator import check_bins, histogram_of
 
 
 @OPERATOR_REGISTRY.register()
-class ImageHistogramDeduplicateFilter(OperatorABC):
+class ImageHistogramDeduplicateFilter(DedupFilter):
     """Removes images whose colour histograms are at least ``threshold`` similar (Bhattacharyya coefficient).
 
     Catches what perceptual hashes miss (mirror images, crops, small rotations, overlays) at the price of
@@ -20,39 +23,55 @@ class ImageHistogramDeduplicateFilter(OperatorABC):
     Pairs are found by blockwise search (memory O(N x block)); grouping, keep policy and provenance are
     those of the hash filter, with ``similarity`` instead of ``distance``. Kept rows get
     ``max_similarity``, their true nearest-neighbour similarity.
+
+    Parameters:
+        threshold: colour-histogram similarity (Bhattacharyya coefficient, 1 = same colours) at or above
+            which two images are duplicates
+        bins: histogram bins per RGB channel; the vector has `bins ** 3` values
+        transitive: True: duplicates of duplicates join one group (connected components); False: each
+            kept row claims only its own direct neighbours (no chains)
+        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
+            (highest value wins)
+        num_workers: worker processes that read images; None = one per CPU core (inputs under 48
+            images run in-process)
+        max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
+            `too_large` before it is decoded; None = no limit
+        input_image_key: column holding the image: a path (relative to the input file's folder),
+            bytes, or a `{bytes, path}` dict
+        input_histogram_key: column of colour histograms (from `ImageHistogramEvaluator`) to reuse;
+            None = compute them
+        output_score_key: column the score is written to
+        output_group_key: kept rows get a duplicate-group id in this column and the group's size in
+            `<key>_size`; None = no group columns
     """
+
+    description = ("Drops near duplicates by colour-histogram similarity (blockwise search); "
+                   "catches flips and crops hashes miss.")
+    description_zh = "按颜色直方图相似度（分块搜索，无 N×N 矩阵）去除近似重复图像，可发现镜像、裁剪等哈希漏掉的重复。"
+    search = "cosine"
+    weight_name = "similarity"
+    score_key = "output_score_key"
+    thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
     def __init__(self, threshold: float = 0.98, bins: int = 8, transitive: bool = True, keep: str = "first",
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
-        self.bins = bins
+        self.bins = check_bins(bins)
         self.transitive = transitive
         self.keep = check_keep(keep)
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
-    @classmethod
-    def get_desc(cls, lang: str = "en") -> str:
-        if lang == "zh":
-            return "按颜色直方图相似度（分块搜索，无 N×N 矩阵）去除近似重复图像，可发现镜像、裁剪等哈希漏掉的重复。"
-        return "Drops near duplicates by colour-histogram similarity (blockwise search); catches flips and crops hashes miss."
-
-    def output_columns(self, keys: dict) -> list[str]:
-        group = keys.get("output_group_key")
-        return [keys.get("output_score_key") or "max_similarity", *([group, f"{group}_size"] if group else [])]
+    def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
+        if keys.get("input_histogram_key"):
+            return vectors_from_column(df, keys["input_histogram_key"], type(self).__name__)[1]
+        sources = image_column(df, keys["input_image_key"], type(self).__name__)
+        return map_items(histogram_of, sources, num_workers=self.num_workers, desc="colour histogram",
+                         base_dir=base_dir, bins=self.bins, max_pixels=self.max_pixels)
 
     def run(self, storage, input_image_key: str = "image", input_histogram_key: str | None = None,
             output_score_key: str = "max_similarity", output_group_key: str = "dup_group") -> list[str]:
-        df = storage.read("dataframe")
-        if input_histogram_key:
-            _, results = vectors_from_column(df, input_histogram_key, type(self).__name__)
-        else:
-            sources = image_column(df, input_image_key, type(self).__name__)
-            results = map_items(histogram_of, sources, num_workers=self.num_workers, desc="colour histogram",
-                                base_dir=storage.image_base, bins=self.bins, max_pixels=self.max_pixels)
-        write_vector_dedup(storage, df, results, threshold=self.threshold, transitive=self.transitive,
-                           keep=self.keep, image_key=input_image_key, score_key=output_score_key,
-                           group_key=output_group_key, num_workers=self.num_workers)
-        return self.output_columns({"output_score_key": output_score_key, "output_group_key": output_group_key})
+        return self.deduplicate(storage, input_image_key=input_image_key, input_histogram_key=input_histogram_key,
+                                output_score_key=output_score_key, output_group_key=output_group_key)

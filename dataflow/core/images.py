@@ -1,4 +1,4 @@
-"""Small helpers the image operators share: the image column, per-row errors, rejected rows."""
+"""Small helpers every image operator shares: the image column, per-row errors, rejected rows."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import pandas as pd
 
 from dataflow.core.parallel import ItemResult
 
+ERROR_COLUMN = "image_error"
+
 
 def image_column(df: pd.DataFrame, key: str, operator: str) -> list:
+    """The values of the image column, or a clear error naming the operator and the columns there are."""
     if key not in df.columns:
-        raise KeyError(f"{operator}: input_image_key={key!r} is not a column (columns: {', '.join(map(str, df.columns))})")
+        raise KeyError(f"{operator}: input_image_key={key!r} is not a column "
+                       f"(columns: {', '.join(map(str, df.columns))})")
     return df[key].tolist()
 
 
@@ -24,3 +28,9 @@ def rejected_unreadable(df: pd.DataFrame, results: list[ItemResult]) -> tuple[pd
     rejected["reason"] = [r.error for r in results if r.error is not None]
     rejected["detail"] = [r.detail for r in results if r.error is not None]
     return ~bad, rejected
+
+
+def concat_rejected(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The non-empty rejected frames as one (None when there are none)."""
+    frames = [f for f in frames if f is not None and len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None
