@@ -193,26 +193,27 @@ def cmd_inspect(args) -> int:
 
 # ---------------------------------------------------------------- dedup
 def cmd_dedup(args) -> int:
-    from dataflow.operators.core_vision import ImageHashDeduplicateFilter
+    """Near-duplicate removal of a folder by the operator that declares ``cli_command = "dedup"``."""
+    from dataflow.core.registry import OPERATOR_REGISTRY
     from dataflow.storage import FileStorage
 
     if not Path(args.input).exists():
         raise _UserError(f"no such folder or file: {args.input}")
-    storage = FileStorage(args.input, cache_path=args.out, file_name_prefix="dedup",
-                          cache_type="jsonl")
+    storage = FileStorage(args.input, cache_path=args.out, file_name_prefix="dedup", cache_type="jsonl")
     try:
-        op = ImageHashDeduplicateFilter(method=args.method, max_distance=args.max_distance, keep=args.keep,
-                                        transitive=not args.non_transitive, num_workers=args.num_workers)
-    except ValueError as exc:
-        raise _UserError(str(exc)) from None
+        op = OPERATOR_REGISTRY.for_command("dedup")(method=args.method, max_distance=args.max_distance,
+                                                    keep=args.keep, transitive=not args.non_transitive,
+                                                    num_workers=args.num_workers)
+    except (KeyError, ValueError) as exc:
+        raise _UserError(str(exc.args[0] if exc.args else exc)) from None
     op.run(storage.step(), input_image_key=storage.image_key)
     rejected = storage.read_rejected(1)
-    dups = rejected[rejected["reason"] == "near_duplicate"] if len(rejected) else rejected
+    dups = rejected[rejected["reason"] == op.reason] if len(rejected) else rejected
     for kept, group in dups.groupby("duplicate_of", sort=False) if len(dups) else []:
         print(kept)
-        for image, distance in zip(group[storage.image_key], group["distance"]):
-            print(f"  {image}  (distance {int(distance)})")
-    unreadable = rejected[rejected["reason"] != "near_duplicate"] if len(rejected) else rejected
+        for image, weight in zip(group[storage.image_key], group[op.weight_name]):
+            print(f"  {image}  ({op.weight_name} {weight:g})")
+    unreadable = rejected[rejected["reason"] != op.reason] if len(rejected) else rejected
     for image, reason in zip(unreadable.get(storage.image_key, []), unreadable.get("reason", [])):
         print(f"unreadable: {image}  ({reason})", file=sys.stderr)
     meta = storage.manifest(1)

@@ -225,7 +225,8 @@ def test_eval_only_cache_lists_unreadable_rows_still_in_the_data(tmp_path):
 # ---------------------------------------------------------------------------------------------- scale
 @pytest.fixture(scope="module")
 def large_cache(tmp_path_factory) -> Path:
-    from dataflow.report.synthetic import build_synthetic_cache
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthetic_cache import build_synthetic_cache
 
     root = tmp_path_factory.mktemp("large")
     rng = np.random.default_rng(1)

@@ -4,9 +4,11 @@ Shape::
 
     storage: {first_entry_file_name: example_data/images.jsonl, cache_path: ./cache, cache_type: jsonl}
     steps:
-      - operator: ImageExactDeduplicateFilter
-        params: {on: bytes}            # __init__ arguments
-        run: {input_image_key: image}  # run() keys
+      - operator: CaptionLengthEvaluator   # any registered operator, built-in or from ./operators
+        params: {lowercase: true}          # __init__ arguments
+        run: {input_text_key: caption}     # run() keys
+
+``configs/`` holds one config per built-in operator family.
 """
 
 from __future__ import annotations

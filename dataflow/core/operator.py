@@ -12,7 +12,8 @@ and the CLI read what it declares here and never name an operator:
 - ``loads_model``: engines keep one instance per worker (an actor) so the model loads once;
 - ``thresholds``: the parameters a report draws on a score column (:class:`Threshold`);
 - ``output_columns(keys)`` / ``required_columns(keys)``: what a call adds and reads, for ``compile()``;
-- ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`).
+- ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`);
+- ``cli_command``: the ``dataflow`` subcommand it backs, if any (``"dedup"``).
 
 Subclasses get, without writing any of it: their ``__init__`` arguments recorded (for manifests and
 fingerprints), their ``run`` timed and announced to the storage, and their calls recorded or skipped by a
@@ -78,6 +79,7 @@ class OperatorABC(ABC):
     description_zh: ClassVar[str] = ""
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
     example: ClassVar[Any] = None
+    cli_command: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -62,6 +62,15 @@ class Registry:
         self.load_user_operators()
         return dict(sorted(self._obj_map.items()))
 
+    def for_command(self, command: str) -> type:
+        """The operator class that backs ``dataflow <command>`` (it declares ``cli_command = command``)."""
+        found = [cls for cls in self.get_obj_map().values() if getattr(cls, "cli_command", None) == command]
+        if len(found) != 1:
+            names = ", ".join(c.__name__ for c in found) or "none"
+            raise KeyError(f"`dataflow {command}` needs exactly one operator declaring cli_command = "
+                           f"{command!r}; found {names}")
+        return found[0]
+
     def names(self) -> list[str]:
         return list(self.get_obj_map())
 

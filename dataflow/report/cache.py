@@ -23,24 +23,6 @@ DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 # Numeric columns that are identifiers, not scores.
 _NOT_SCORES = {"id", "index", "idx", "row", "row_id", "group", "dup_group", "step", "label"}
 
-# Filters whose parameters are thresholds on a score column: operator -> [(column from keys, default
-# column, parameter, side)]. Side "min" keeps values >= it, "max" keeps values <= it, "dup" marks a
-# similarity at or above which rows count as duplicates.
-_THRESHOLD_RULES: dict[str, list[tuple[str, str, str, str]]] = {
-    "ScoreRangeFilter": [("input_score_key", "", "min_score", "min"), ("input_score_key", "", "max_score", "max")],
-    "ImageResolutionFilter": [("input_width_key", "width", "min_width", "min"),
-                              ("input_width_key", "width", "max_width", "max"),
-                              ("input_height_key", "height", "min_height", "min"),
-                              ("input_height_key", "height", "max_height", "max")],
-    "ImageAspectRatioFilter": [("input_aspect_ratio_key", "aspect_ratio", "min_ratio", "min"),
-                               ("input_aspect_ratio_key", "aspect_ratio", "max_ratio", "max")],
-    "ImageTextSimilarityFilter": [("output_score_key", "clip_score", "min_score", "min")],
-    "ImageEmbeddingDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
-    "ImageHistogramDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
-    "ImageDeduplicateFilter": [("output_score_key", "max_similarity", "threshold", "dup")],
-}
-
-
 class ReportError(ValueError):
     """The cache folder cannot be reported on (missing, empty, several pipelines and no prefix)."""
 
@@ -174,20 +156,19 @@ class CacheView:
         return keys
 
     def thresholds(self) -> dict[str, list[Threshold]]:
-        """Threshold parameters of the filters, by the score column they act on."""
+        """Threshold parameters of the filters, by the score column they act on.
+
+        Each manifest records the thresholds its operator declares (``Operator.thresholds``), resolved
+        for that call, so user operators are drawn like built-ins and nothing here knows an operator.
+        """
         out: dict[str, list[Threshold]] = {}
         for step, meta in self.manifests.items():
             op = str(meta.get("operator", ""))
-            params = meta.get("params") or {}
-            keys = {**(meta.get("input_keys") or {}), **(meta.get("output_keys") or {})}
-            rules = _THRESHOLD_RULES.get(op)
-            if rules is None and ("min_score" in params or "max_score" in params) and keys.get("input_score_key"):
-                rules = _THRESHOLD_RULES["ScoreRangeFilter"]
-            for key, default, param, side in rules or []:
-                col = keys.get(key) or default
-                value = params.get(param)
-                if col and _is_number(value):
-                    out.setdefault(str(col), []).append(Threshold(str(col), step, op, param, side, float(value)))
+            for t in meta.get("thresholds") or []:
+                if isinstance(t, dict) and isinstance(t.get("column"), str) and _is_number(t.get("value")):
+                    out.setdefault(t["column"], []).append(
+                        Threshold(t["column"], step, op, str(t.get("param", "")), str(t.get("side", "min")),
+                                  float(t["value"])))
         return out
 
 

@@ -50,6 +50,7 @@ class ImageHashDeduplicateFilter(DedupFilter):
     description_zh = "按感知哈希的汉明距离（多索引分块搜索）去除近似重复图像，支持传递/非传递分组与保留策略。"
     search = "hamming"
     weight_name = "distance"
+    cli_command = "dedup"
 
     def __init__(self, method: str = "phash", max_distance: int = 10, transitive: bool = True,
                  keep: str = "first", hash_size: int = 8, draft: bool = True, num_workers: int | None = None,

@@ -4,9 +4,9 @@ Rows point at a few real image files; the evaluator steps are written with made-
 decoded) and the filter steps are the real operators on those columns, so the manifests, rejected rows and
 duplicate provenance are what a real run writes::
 
-    python -m dataflow.report.synthetic build /tmp/synth_100k --rows 100000
+    python benchmarks/synthetic_cache.py build /tmp/synth_100k --rows 100000
     dataflow report /tmp/synth_100k -o /tmp/synth_100k.html
-    python -m dataflow.report.synthetic bench /tmp/synth_100k
+    python benchmarks/synthetic_cache.py bench /tmp/synth_100k
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 def default_images() -> list[Path]:
     """The repository's example images (a source checkout), readable ones only."""
-    folder = Path(__file__).resolve().parents[2] / "example_data" / "images"
+    folder = Path(__file__).resolve().parents[1] / "example_data" / "images"
     skip = {"truncated.jpg", "tiny.jpg", "very_wide.jpg"}
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.name not in skip)
 
@@ -118,8 +118,8 @@ def build_synthetic_cache(cache_path: str | os.PathLike, rows: int = 100_000,
     def manual(step_fn, operator: str, params: dict, output_keys: dict) -> None:
         st = storage.step()
         df = step_fn(st.read("dataframe"))
-        st._call = CallInfo(operator=operator, params=params, input_keys={"input_image_key": "image"},
-                            output_keys=output_keys)
+        st.begin(CallInfo(operator=operator, params=params, input_keys={"input_image_key": "image"},
+                           output_keys=output_keys))
         st.write(df)
 
     manual(metadata, "ImageMetadataEvaluator", {"synthetic": True}, {})
