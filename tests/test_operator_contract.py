@@ -199,3 +199,10 @@ def test_user_operator_fixture_runs_on_the_bases(tmp_path, monkeypatch, restore_
     assert set(metas[1]["rejected_reasons"]) == {"short_caption"}
     rejected = storage.read_rejected(3)
     assert set(rejected["reason"]) == {"same_caption"} and rejected["duplicate_of"].notna().all()
+    from dataflow.report import build_report
+
+    text = build_report(tmp_path / "cache", out=tmp_path / "report.html").read_text(encoding="utf-8")
+    cards = dict(re.findall(r'<div class="card[^"]*" data-column="([^"]+)">(.*?)</svg>', text, re.S))
+    assert "min_words 6" in cards["caption_words"] and 'class="thr"' in cards["caption_words"]
+    assert "<rect" in cards["redness"]
+    assert "UserCaptionDeduplicateFilter" in text and "same_caption" in text

@@ -9,12 +9,14 @@ string that comes from the data is escaped.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,9 @@ def build_report(cache_path: str | os.PathLike, out: str | os.PathLike | None = 
     footer = (f'<footer>Built by <code>dataflow report</code> in {time.perf_counter() - started:.2f} s · '
               f'{store.embedded()} thumbnails embedded (cap {store.max_thumbnails})'
               f'{f" · {store.omitted} not embedded" if store.omitted else ""}</footer>')
-    page = _PAGE.format(title=esc(f"dataflow report: {view.prefix}"), css=_CSS, thumbs_css=store.css(),
-                        body=store.fill(body), footer=footer, script=_SCRIPT)
+    page = _asset("page.html").format(title=esc(f"dataflow report: {view.prefix}"), css=_asset("report.css"),
+                                      thumbs_css=store.css(), body=store.fill(body), footer=footer,
+                                      script=_asset("report.js").rstrip("\n"))
     target = Path(out) if out is not None else view.path / f"{view.prefix}_report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, page.encode("utf-8"))
@@ -619,117 +622,7 @@ def _op_summary(meta: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- page
-_SCRIPT = """(function () {
-  var box = document.getElementById("group-filter");
-  var count = document.getElementById("group-filter-count");
-  var groups = document.querySelectorAll(".group");
-  if (box) {
-    box.addEventListener("input", function () {
-      var q = box.value.toLowerCase(), n = 0;
-      for (var i = 0; i < groups.length; i++) {
-        var hit = !q || (groups[i].getAttribute("data-search") || "").indexOf(q) >= 0;
-        groups[i].style.display = hit ? "" : "none";
-        if (hit) n++;
-      }
-      if (count) count.textContent = q ? n + " of " + groups.length + " groups match" : "";
-    });
-  }
-  document.documentElement.setAttribute("data-report-groups", String(groups.length));
-  document.documentElement.setAttribute("data-report-state", "ready");
-})();"""
-
-_CSS = """
-:root{--fg:#1d2230;--muted:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--accent:#4c78a8;--bad:#c0392b;--ok:#2e7d32}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,sans-serif}
-main{max-width:1240px;margin:0 auto;padding:20px 24px 40px}
-header h1{font-size:24px;margin:4px 0 2px}
-h2{font-size:19px;margin:0 0 8px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h3{font-size:14px;margin:0 0 2px;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-h4{font-size:13px;margin:0 0 6px;font-weight:600}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px 18px;margin:16px 0}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
-.muted{color:var(--muted)} .small{font-size:12px}
-.kpis{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
-.kpi{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:8px 16px;min-width:110px}
-.kpi b{display:block;font-size:22px} .kpi span{color:var(--muted);font-size:12px}
-nav a{margin-right:16px;color:var(--accent);text-decoration:none;font-weight:600}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
-th{font-size:12px;color:var(--muted);font-weight:600;background:#fafbfc}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums} td.n{white-space:nowrap}
-td.params{width:40%} td.cols{width:17%;color:var(--muted);font-size:12px}
-.scroll{overflow-x:auto}
-table.reasons-table{width:auto;min-width:60%}
-.kv{display:inline-block;margin:0 10px 1px 0;font-size:12px;color:var(--muted)} .kv b{color:var(--fg);font-weight:500}
-.kv.key b{color:#7a4fa0}
-.reasons{font-size:11px;color:var(--muted);white-space:normal} .reasons span{white-space:nowrap;margin-left:6px}
-.badge{display:inline-block;background:#eef2f7;border-radius:9px;padding:0 7px;font-size:11px;font-weight:600;
-color:#374151;margin-left:2px}
-.badge.thr{background:#fde8e6;color:var(--bad)}
-.badge.warn{background:#fff4d6;color:#8a5a00;display:block;margin:2px 0 0}
-.group{border:1px solid var(--line);border-radius:8px;padding:8px 10px;margin:10px 0}
-.ghead{font-size:13px;margin-bottom:6px}
-.strip{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
-.arrow{align-self:center;font-size:22px;color:var(--muted);padding:0 2px}
-figure.tf{margin:0;width:128px}
-figure.tf.kept .th{outline:3px solid var(--ok);outline-offset:-3px}
-figure.tf.sm{width:76px} figure.tf.sm figcaption{font-size:10px}
-.th{display:block;width:128px;height:128px;border-radius:6px;background:#eceef1 center/contain no-repeat}
-.strip.sm .th{width:76px;height:76px}
-.strip.sm{gap:5px}
-.card.wide{grid-column:1/-1}
-.card.wide .cbody{display:flex;gap:18px;align-items:flex-start}
-.card.wide .chart{flex:0 0 460px}
-.th.ph{display:flex;align-items:center;justify-content:center;text-align:center;font-size:11px;color:var(--muted);
-border:1px dashed #c7ccd4;background:#f3f4f6;padding:4px;word-break:break-word}
-.th.ph.bad{color:var(--bad);border-color:#e8b4ae;background:#fdf3f2;font-weight:600}
-.th.ph.sm{width:84px;height:30px;font-size:10px;word-break:normal}
-figcaption{font-size:11px;line-height:1.3;margin-top:3px}
-figcaption span{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-figcaption .m{white-space:normal;display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical}
-figcaption .m.v{white-space:nowrap;display:block;font-variant-numeric:tabular-nums;color:var(--fg)}
-figcaption .p{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:10.5px}
-figcaption .m{color:var(--muted)} figcaption .c{color:var(--muted);font-style:italic}
-.ok{color:var(--ok);font-style:normal} .bad{color:var(--bad);font-style:normal}
-.m.ok{font-weight:600}
-details{margin-top:6px;font-size:12px} summary{cursor:pointer;color:var(--accent)}
-ul.paths{margin:4px 0;padding-left:18px;columns:2}
-.filter input{width:340px;padding:5px 8px;border:1px solid var(--line);border-radius:6px;font:inherit}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px}
-.card{border:1px solid var(--line);border-radius:8px;padding:10px 12px;min-width:0}
-.stats{font-size:12px;margin:0 0 4px}
-svg.hist{display:block;width:100%;max-width:520px;height:auto}
-svg.hist .ax{stroke:#9ca3af} svg.hist text{font-size:10px;fill:#6b7280}
-svg.hist .yl{text-anchor:end} svg.hist .thr line{stroke:var(--bad);stroke-width:1.5;stroke-dasharray:4 3}
-svg.hist .thr text{fill:var(--bad);font-weight:600}
-.legend{font-size:12px;color:var(--muted)} .sw{display:inline-block;width:11px;height:11px;border-radius:2px;
-margin:0 4px 0 10px;vertical-align:-1px}
-.samples{display:flex;flex-wrap:wrap;gap:4px 14px;margin-top:6px}
-.slabel{font-size:11px;color:var(--muted);margin-bottom:2px}
-.rblocks{display:flex;flex-wrap:wrap;gap:6px 28px}
-.rblock{margin:12px 0 0}
-footer{color:var(--muted);font-size:12px;text-align:center;margin-top:20px}
-"""
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<script>window.addEventListener("error", function (e) {{
-  document.documentElement.setAttribute("data-report-error", String(e && e.message || e)); }});</script>
-<style>{css}</style>
-<style>{thumbs_css}</style>
-</head>
-<body>
-<main>
-{body}
-{footer}
-</main>
-<script>{script}</script>
-</body>
-</html>
-"""
+@functools.lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    """A file of ``dataflow/report/assets`` (the page template, its stylesheet and script)."""
+    return (resources.files("dataflow.report") / "assets" / name).read_text(encoding="utf-8")
