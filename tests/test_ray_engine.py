@@ -205,6 +205,7 @@ class DiesOnce(OperatorABC):
     """Test operator: kills its worker process the first time it sees row 0 (a worker or node dying)."""
 
     category = "eval"
+    execution = "rowwise"  # each row on its own: Ray runs it in worker tasks
 
     def __init__(self, marker: str = "", driver_pid: int = 0):
         self.marker = marker

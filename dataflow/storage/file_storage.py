@@ -173,7 +173,8 @@ class FileStorage:
         if len(rej) and "reason" not in rej.columns:
             raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
         if rejected is None and call.keeps_rows and self._rows_in is not None:
-            rej = self._disappeared(call.operator, df if rows is None else rows)
+            rej = disappeared_rows(self._read_frame, self._read_dicts, df if rows is None else rows,
+                                   call.operator)
         if self._malformed:
             rej = pd.concat([rej, pd.DataFrame(self._malformed)], ignore_index=True)
         if self._rows_in is not None and call.keeps_rows:
@@ -203,28 +204,6 @@ class FileStorage:
             raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)
 
-    def _disappeared(self, operator: str, written: pd.DataFrame | list[dict]) -> pd.DataFrame:
-        """The rows read but not written, when the written rows can be matched to them (by index for a
-        frame, by identity for the dicts ``read("dict")`` handed out); empty when they cannot."""
-        reason = f"filtered_by_{operator}"
-        if isinstance(written, pd.DataFrame) and self._read_frame is not None:
-            source = self._read_frame
-            if len(written) >= len(source) or not written.index.is_unique or not source.index.is_unique:
-                return pd.DataFrame()
-            if not written.index.isin(source.index).all():
-                return pd.DataFrame()
-            gone = source[~source.index.isin(written.index)].copy()
-        elif isinstance(written, list) and self._read_dicts is not None:
-            kept = {id(row) for row in written}
-            if len(kept) >= len(self._read_dicts) or not kept <= {id(row) for row in self._read_dicts}:
-                return pd.DataFrame()
-            gone = pd.DataFrame([row for row in self._read_dicts if id(row) not in kept])
-        else:
-            return pd.DataFrame()
-        gone["reason"] = reason
-        gone["detail"] = f"not in the rows {operator} wrote"
-        return gone.reset_index(drop=True)
-
     def read_rejected(self, step: int) -> pd.DataFrame:
         """The rows dropped when ``step`` was written (empty if none)."""
         path = self.rejected_path(step)
@@ -234,6 +213,32 @@ class FileStorage:
         return (f"FileStorage({self.first_entry_file_name!r}, cache_path={self.cache_path!r}, "
                 f"file_name_prefix={self.file_name_prefix!r}, cache_type={self.cache_type!r}, "
                 f"step={self.operator_step})")
+
+
+def disappeared_rows(read_frame: pd.DataFrame | None, read_dicts: list[dict] | None,
+                     written: pd.DataFrame | list[dict], operator: str) -> pd.DataFrame:
+    """The rows read but not written (DataFlow's ``storage.write(df[mask])``), with reason
+    ``filtered_by_<operator>``, when the written rows can be matched to them: by index for a frame (the
+    ``read_frame`` handed out), by identity for the dicts ``read("dict")`` handed out (``read_dicts``).
+    Empty when they cannot. Every storage that implements the idiom calls this."""
+    reason = f"filtered_by_{operator}"
+    if isinstance(written, pd.DataFrame) and read_frame is not None:
+        source = read_frame
+        if len(written) >= len(source) or not written.index.is_unique or not source.index.is_unique:
+            return pd.DataFrame()
+        if not written.index.isin(source.index).all():
+            return pd.DataFrame()
+        gone = source[~source.index.isin(written.index)].copy()
+    elif isinstance(written, list) and read_dicts is not None:
+        kept = {id(row) for row in written}
+        if len(kept) >= len(read_dicts) or not kept <= {id(row) for row in read_dicts}:
+            return pd.DataFrame()
+        gone = pd.DataFrame([row for row in read_dicts if id(row) not in kept])
+    else:
+        return pd.DataFrame()
+    gone["reason"] = reason
+    gone["detail"] = f"not in the rows {operator} wrote"
+    return gone.reset_index(drop=True)
 
 
 def _as_frame(rows: pd.DataFrame | list[dict] | None) -> pd.DataFrame:

@@ -225,7 +225,6 @@ def _verify_run(run, block, c, t, shifts, widths, radii, block_masks, ball, ball
     """
     w = widths[block]
     rot = 64 - shifts[block] - w
-    r = radii[block]
     n = run.shape[0]
     rotated = np.empty(n, dtype=np.uint64)
     for q in range(n):

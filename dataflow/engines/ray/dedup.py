@@ -1,31 +1,41 @@
-"""Whole-dataset dedup operators on Ray Data, distributed rather than collected onto one node.
+"""Dedup operators (``execution = "dedup"``) on Ray Data: the operator's public phases, distributed.
 
-Every dedup runs in three passes over the step's slices:
+The engine only distributes; every decision is the operator's own code (:mod:`dataflow.core.dedup`).
+Three passes over the step's slices:
 
-1. *prepare* (``map_batches``, tasks or an actor pool): per row, the operator's own hashing / vector code
-   (content hash, perceptual hash, embedding or histogram); unreadable rows are recorded with their
-   reason; a small per-slice side file keeps what pass 3 needs.
-2. *find duplicates*: a shuffle (``groupby(...).map_groups``) groups rows that can be duplicates -
-   equal content hashes; perceptual hashes sharing a block key (see ``_hamming``); for vectors, a task
-   per pair of vector shards runs the blockwise cosine search. Only the duplicate edges, and the few
-   columns of the rows they touch, come back to the driver, which applies
-   :func:`dataflow.algorithms.grouping.group_duplicates` and the keep policy to those rows alone.
-3. *write* (``map_batches``): each slice is written with its kept rows, its rejected rows and their
-   reasons, using the decisions for the rows in its range (shipped with the slice's descriptor).
+1. *keys* (``map_batches``, tasks or an actor pool when the operator ``loads_model``): per slice, the
+   operator - rebuilt in the worker from its parameters, ``num_workers=1`` - gives each row its key or the
+   reason it has none (``row_keys``) and each readable row its keep value (``keep_values``). A side file
+   per slice keeps ok / err / detail and the keys (a column for ``"exact"`` and ``"hamming"`` searches,
+   a ``.npy`` of ``stack_keys`` for ``"cosine"``).
+2. *candidate pairs*, by the operator's ``search``: ``"exact"`` - a shuffle on a hash of the key text
+   (``groupby(...).map_groups``) brings equal keys together, each group reporting the rows whose key
+   occurs more than once; ``"hamming"`` - the block-key shuffle of ``_hamming`` verifies every pair of
+   hashes within ``max_distance`` bits; ``"cosine"`` - a task per pair of vector shards runs the blockwise
+   search at ``threshold``, with each row's true best similarity. Only the rows these touch (row id, key,
+   keep value) and their pairs come back to the driver, which calls the operator's ``group`` on them alone
+   (untouched rows are singletons, kept).
+3. *write* (``map_batches``, CPU tasks): each slice gets the decisions for its rows (shipped with its
+   descriptor), builds a :class:`~dataflow.core.dedup.Decisions` for its readable rows and writes what the
+   operator's ``split`` returns, the rejected frames aligned to the columns of the local engine's single
+   frame. The operator is rebuilt in each task and only ``split`` runs, so an operator that
+   ``loads_model`` should load it on first use (in ``row_keys``), not in ``__init__``.
 
-Results are identical to the local engine: the same kept rows in the same order, the same rejected
-rows with the same reasons, ``duplicate_of``, distances / similarities and group ids.
+Results are identical to the local engine (``DedupFilter.deduplicate``): the same kept rows in the same
+order, the same rejected rows with the same reasons, ``duplicate_of``, distances / similarities and groups.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from dataflow.core.dedup import Decisions, Pairs
 from dataflow.engines.ray import _hamming
 from dataflow.engines.ray.io import ROW_ID, Slice, read_slice
 from dataflow.engines.ray.rowwise import SliceJob, dumps, loads, write_outputs
@@ -36,11 +46,11 @@ if TYPE_CHECKING:
     from dataflow.engines.ray.runner import StepRun
 
 # ---------------------------------------------------------------------------------------------------
-# pass 1 helpers (run in workers)
+# side files of pass 1 (one per slice, in the step's work folder)
 
 
-def _side_path(job: SliceJob, offset: int, kind: str = "slim", ext: str = "parquet") -> Path:
-    return Path(job.ctx.work_dir) / f"{kind}-{offset:012d}.{ext}"
+def _side_path(work_dir: str, offset: int, kind: str = "slim", ext: str = "parquet") -> Path:
+    return Path(work_dir) / f"{kind}-{offset:012d}.{ext}"
 
 
 def _write_side(df: pd.DataFrame, path: Path) -> None:
@@ -52,137 +62,66 @@ def _read_side(path: Path) -> pd.DataFrame:
     return read_table(path, "parquet")[0]
 
 
-def _results_side(results: list) -> pd.DataFrame:
-    return pd.DataFrame({"ok": np.array([r.error is None for r in results], dtype=bool),
-                         "err": pd.Series([r.error for r in results], dtype=object),
-                         "detail": pd.Series([r.detail for r in results], dtype=object)})
+def _slice_keys(op: Any, side: pd.DataFrame, work_dir: str, offset: int) -> Any:
+    """The keys of a slice's readable rows, as ``op.stack_keys`` gave them in pass 1."""
+    ok = side["ok"].to_numpy(dtype=bool)
+    if op.search == "cosine":
+        return np.load(_side_path(work_dir, offset, "vec", "npy")) if ok.any() else op.stack_keys([])
+    return op.stack_keys(side["key"].to_numpy()[ok].tolist())
 
 
-def keep_values(good: pd.DataFrame, keep: str, image_key: str, base_dir: str) -> np.ndarray:
-    """Per readable row, the value the keep policy ranks by (what ``_dedup.keep_ranks`` reads)."""
-    from dataflow.core.parallel import map_items
-    from dataflow.operators.core_vision._dedup import KEEP_HELP, _pixels
-
-    if keep == "first":
-        return np.zeros(len(good))
-    if keep == "largest":
-        if {"width", "height"} <= set(good.columns):
-            sizes = pd.to_numeric(good["width"], errors="coerce") * pd.to_numeric(good["height"], errors="coerce")
-        else:
-            results = map_items(_pixels, good[image_key].tolist(), num_workers=1, desc="", base_dir=base_dir)
-            sizes = [r.value if r.error is None else np.nan for r in results]
-        return np.asarray(sizes, dtype=float)
-    if keep not in good.columns:
-        raise KeyError(f"keep={keep!r} is not a column (columns: {', '.join(map(str, good.columns))}); {KEEP_HELP}")
-    return pd.to_numeric(good[keep], errors="coerce").to_numpy(float)
-
-
-def _slim(offset: int, n: int, ok: np.ndarray, **columns) -> pd.DataFrame:
-    rid = np.arange(offset, offset + n, dtype=np.int64)[ok]
-    return pd.DataFrame({ROW_ID: rid, **columns})
-
-
-def exact_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
-    """Content hash per row (the operator's ``content_hash``), partitioned by hash prefix."""
-    from dataflow.core.parallel import map_items
-    from dataflow.core.images import image_column
-    from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import content_hash
-
-    sl = Slice.from_item(item)
-    df = read_slice(sl)
-    sources = image_column(df, job.keys["input_image_key"], job.ctx.name)
-    results = map_items(content_hash, sources, num_workers=1, desc="", base_dir=job.ctx.image_base, on=op.on,
-                        max_pixels=op.max_pixels)
-    side = _results_side(results)
-    side["hash"] = pd.Series([r.value if r.error is None else None for r in results], dtype=object)
-    _write_side(side, _side_path(job, sl.offset))
-    ok = side["ok"].to_numpy()
-    hashes = [r.value for r in results if r.error is None]
-    parts = np.array([int(h[:8], 16) % job.extra["partitions"] for h in hashes], dtype=np.int64)
-    return _slim(sl.offset, len(df), ok, hash=pd.Series(hashes, dtype=object), part=parts)
-
-
-def hash_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
-    """Perceptual hash per row (the operator's own code: from a hash column or from the images)."""
-    from dataflow.operators.core_vision._hashing import compute_hashes
-    from dataflow.core.images import image_column
-
-    sl = Slice.from_item(item)
-    df = read_slice(sl)
-    keys = job.keys
-    if keys.get("input_hash_key"):
-        hashes, results = op._hashes_from_column(df, keys["input_hash_key"])
-    else:
-        sources = image_column(df, keys["input_image_key"], job.ctx.name)
-        hashes, results = compute_hashes(sources, job.ctx.image_base, method=op.method, hash_size=op.hash_size,
-                                          draft=op.draft, num_workers=1, max_pixels=op.max_pixels)
-    side = _results_side(results)
-    _write_side(side, _side_path(job, sl.offset))
-    ok = side["ok"].to_numpy()
-    pv = keep_values(df[ok], op.keep, keys["input_image_key"], job.ctx.image_base)
-    return _slim(sl.offset, len(df), ok, h=np.asarray(hashes, dtype=np.uint64)[ok], pv=pv)
-
-
-def _vector_image_key(job: SliceJob, df: pd.DataFrame) -> str | None:
-    key = job.keys.get("input_image_key")
-    if job.ctx.name == "ImageEmbeddingDeduplicateFilter":
-        return key or ("image" if "image" in df.columns else None)
-    return key
-
-
-def vector_prepare(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
-    """Unit vector per row (embedding column, colour histogram or CLIP embedding) into a side file."""
-    from dataflow.core.parallel import map_items
-    from dataflow.operators.core_vision._dedup import vectors_from_column
-    from dataflow.core.images import image_column
-
-    sl = Slice.from_item(item)
-    df = read_slice(sl)
-    keys, name = job.keys, job.ctx.name
-    if name == "ImageEmbeddingDeduplicateFilter":
-        _, results = vectors_from_column(df, keys["input_embedding_key"], name)
-    elif name == "ImageHistogramDeduplicateFilter" and keys.get("input_histogram_key"):
-        _, results = vectors_from_column(df, keys["input_histogram_key"], name)
-    elif name == "ImageHistogramDeduplicateFilter":
-        from dataflow.operators.core_vision.eval.image_histogram_evaluator import histogram_of
-
-        sources = image_column(df, keys["input_image_key"], name)
-        results = map_items(histogram_of, sources, num_workers=1, desc="", base_dir=job.ctx.image_base,
-                            bins=op.bins, max_pixels=op.max_pixels)
-    elif keys.get("input_embedding_key"):  # ImageDeduplicateFilter reusing a column
-        _, results = vectors_from_column(df, keys["input_embedding_key"], name)
-    else:  # ImageDeduplicateFilter: the model, loaded once per actor
-        from dataflow.operators.core_vision._embedding import embed_images
-
-        sources = image_column(df, keys["input_image_key"], name)
-        results = embed_images(op._models.get(), sources, job.ctx.image_base, batch_size=op.batch_size,
-                               num_workers=1)
-    side = _results_side(results)
-    ok = side["ok"].to_numpy()
-    good = [r.value for r in results if r.error is None]
-    if good:
-        vectors = np.stack(good)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
-        np.save(_side_path(job, sl.offset, "vec", "npy"), vectors)
-    dim = int(good[0].shape[0]) if good else -1
-    _write_side(side, _side_path(job, sl.offset))
-    image_key = _vector_image_key(job, df)
-    pv = keep_values(df[ok], op.keep, image_key or "", job.ctx.image_base)
-    return _slim(sl.offset, len(df), ok, pv=pv, dim=np.full(int(ok.sum()), dim, dtype=np.int64))
+def _part_of(text: str, partitions: int) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % partitions  # the same in every process
 
 
 # ---------------------------------------------------------------------------------------------------
-# pass 2 UDFs (run in workers)
+# pass 1 (workers)
+
+
+def keys_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
+    """Phase 1 on one slice: keys and keep values; returns the slim rows pass 2 shuffles or searches."""
+    sl = Slice.from_item(item)
+    df = read_slice(sl)
+    results = op.row_keys(df, job.ctx.image_base, job.keys)
+    if len(results) != len(df):
+        raise ValueError(f"{job.ctx.name}.row_keys returned {len(results)} results for {len(df)} rows")
+    ok = np.array([r.error is None for r in results], dtype=bool)
+    values = op.stack_keys([r.value for r in results if r.error is None])
+    side = pd.DataFrame({"ok": ok, "err": pd.Series([r.error for r in results], dtype=object),
+                         "detail": pd.Series([r.detail for r in results], dtype=object)})
+    if op.search == "cosine":
+        if ok.any():
+            np.save(_side_path(job.ctx.work_dir, sl.offset, "vec", "npy"), values)
+    elif op.search == "hamming":
+        column = np.zeros(len(df), dtype=np.uint64)
+        column[ok] = values
+        side["key"] = column
+    else:
+        column = np.full(len(df), None, dtype=object)
+        for at, value in zip(np.flatnonzero(ok).tolist(), values):  # one by one: a key may be a sequence
+            column[at] = value
+        side["key"] = pd.Series(column, dtype=object)
+    _write_side(side, _side_path(job.ctx.work_dir, sl.offset))
+    pv = np.asarray(op.keep_values(df[ok], job.ctx.image_base, job.keys, num_workers=1), dtype=float)
+    rid = np.arange(sl.offset, sl.offset + len(df), dtype=np.int64)[ok]
+    if op.search == "exact":
+        text = np.asarray(values, dtype=object).astype(str).tolist()  # equality as the local search sees it
+        parts = np.array([_part_of(t, job.extra["partitions"]) for t in text], dtype=np.int64)
+        return pd.DataFrame({ROW_ID: rid, "k": pd.Series(text, dtype=object), "part": parts, "pv": pv})
+    if op.search == "hamming":
+        return pd.DataFrame({ROW_ID: rid, "h": np.asarray(values, dtype=np.uint64), "pv": pv})
+    dim = int(values.shape[1]) if len(values) else -1
+    return pd.DataFrame({ROW_ID: rid, "pv": pv, "dim": np.full(len(rid), dim, dtype=np.int64)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# pass 2 UDFs (workers)
 
 
 def exact_group(group: pd.DataFrame) -> pd.DataFrame:
-    """Rows of one hash partition: every row whose hash was seen at a smaller row id, with that row."""
-    group = group.sort_values(["hash", ROW_ID], kind="stable")
-    first = group.groupby("hash", sort=False)[ROW_ID].transform("first").to_numpy()
-    rid = group[ROW_ID].to_numpy()
-    dup = rid != first
-    return pd.DataFrame({ROW_ID: rid[dup], "keeper": first[dup]})
+    """Rows of one key-hash partition whose key occurs more than once (only they can be duplicates)."""
+    counts = group.groupby("k", sort=False)[ROW_ID].transform("size").to_numpy()
+    return group.loc[counts > 1, [ROW_ID, "k", "pv"]]
 
 
 def hash_emit(batch: dict, *, arrays: dict, k: int, top_masks: np.ndarray, top_start: np.ndarray) -> dict:
@@ -234,10 +173,10 @@ def vector_pairs(batch: pd.DataFrame, *, work_dir: str, threshold: float) -> pd.
 def _load_vectors(work_dir: str, offsets: list[int]) -> tuple[np.ndarray, np.ndarray]:
     vecs, rids = [], []
     for off in offsets:
-        side = _read_side(Path(work_dir) / f"slim-{off:012d}.parquet")
+        side = _read_side(_side_path(work_dir, off))
         ok = np.flatnonzero(side["ok"].to_numpy())
         if len(ok):
-            vecs.append(np.load(Path(work_dir) / f"vec-{off:012d}.npy"))
+            vecs.append(np.load(_side_path(work_dir, off, "vec", "npy")))
             rids.append(ok.astype(np.int64) + off)
     return np.concatenate(vecs), np.concatenate(rids)
 
@@ -254,7 +193,7 @@ def lookup_values(batch: pd.DataFrame, *, column: str | None) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------
-# pass 3: write (run in workers)
+# pass 3: write (workers)
 
 
 def _align(frame: pd.DataFrame, columns: list[str], promote: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -272,6 +211,7 @@ def _align(frame: pd.DataFrame, columns: list[str], promote: tuple[str, ...] = (
 
 
 def _unreadable(df: pd.DataFrame, side: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """The readable-row mask and the unreadable rows with reason and detail (``rejected_unreadable``)."""
     ok = side["ok"].to_numpy(dtype=bool)
     rejected = df[~ok].copy()
     rejected["reason"] = side["err"].to_numpy()[~ok].tolist()
@@ -279,195 +219,137 @@ def _unreadable(df: pd.DataFrame, side: pd.DataFrame) -> tuple[np.ndarray, pd.Da
     return ok, rejected
 
 
-def write_task(batch: pd.DataFrame, job: SliceJob) -> pd.DataFrame:
-    fn = {"exact_write": _exact_write, "groups_write": _groups_write}[job.kind]
-    rows = [fn(item, job).as_row() for item in batch.to_dict("records")]
-    return pd.DataFrame(rows)
-
-
-def _exact_write(item: dict, job: SliceJob):
-    sl = Slice.from_item(item)
-    df = read_slice(sl)
-    side = _read_side(_side_path(job, sl.offset))
-    ok, unreadable = _unreadable(df, side)
-    good = df[ok]
-    pay = loads(item["payload"]) if item["payload"] else {"rid": np.empty(0, np.int64), "dup_of": []}
-    is_dup = np.isin(good.index.to_numpy(), pay["rid"])
-    dups = good[is_dup].copy()
-    dups["reason"] = "exact_duplicate"
-    dup_of = dict(zip(pay["rid"].tolist(), pay["dup_of"]))
-    dups["duplicate_of"] = pd.Series([dup_of[r] for r in dups.index.tolist()], index=dups.index)
-    out = good[~is_dup].copy()
-    if job.keys.get("output_hash_key"):
-        out[job.keys["output_hash_key"]] = side["hash"].to_numpy()[ok][~is_dup]
-    columns, promote = job.extra["rejected_columns"], tuple(job.extra["promote"])
-    return write_outputs(sl.offset, len(df), out,
-                         [("a", _align(unreadable, columns)), ("b", _align(dups, columns, promote))], job.ctx)
-
-
-def _groups_write(item: dict, job: SliceJob):
-    """Hash and vector dedup: kept rows with group id and size (and the vector score), dropped rows with
-    reason ``near_duplicate``, ``duplicate_of``, the weight and the group."""
-    sl = Slice.from_item(item)
-    df = read_slice(sl)
-    side = _read_side(_side_path(job, sl.offset))
-    ok, unreadable = _unreadable(df, side)
-    good = df[ok]
-    n = len(good)
+def slice_decisions(good: pd.DataFrame, payload: dict | None, keys: Any, best: np.ndarray | None) -> Decisions:
+    """Decisions for a slice's readable rows: the driver's for the rows it grouped (``payload``), kept
+    singletons for the rest (group = own row id, size 1, no weight)."""
     rid = good.index.to_numpy(dtype=np.int64)
-    keep = np.ones(n, dtype=bool)
-    group = rid.copy()
-    size = np.ones(n, dtype=np.int64)
-    weight = np.full(n, np.nan)
-    dup_of = np.empty(n, dtype=object)
-    pay = loads(item["payload"]) if item["payload"] else None
-    if pay is not None and "keep" in pay and len(pay["rid"]):
-        pos = np.searchsorted(rid, pay["rid"])
-        keep[pos] = pay["keep"]
-        group[pos] = pay["group"]
-        size[pos] = pay["size"]
-        weight[pos] = pay["weight"]
-        dup_of[pos] = pay["dup_of"]
-    extra = job.extra
-    group_key = job.keys.get("output_group_key")
-    kept = good[keep].copy()
-    if group_key:
-        kept[group_key] = group[keep]
-        kept[f"{group_key}_size"] = size[keep]
-    if extra.get("score_key"):
-        best = np.asarray(pay["best"], dtype=np.float64)[ok] if pay is not None else np.full(n, np.nan)
-        kept[extra["score_key"]] = best[keep]
-    dups = good[~keep].copy()
-    dups["reason"] = "near_duplicate"
-    dups["duplicate_of"] = pd.Series(dup_of[~keep].tolist(), index=dups.index, dtype=None)
-    dups[extra["weight_name"]] = weight[~keep]
-    if extra["weight_name"] == "distance" and len(dups):
-        dups["distance"] = dups["distance"].astype("int64")
-    dups["group"] = group[~keep]
-    columns, promote = extra["rejected_columns"], tuple(extra["promote"])
-    return write_outputs(sl.offset, len(df), kept,
-                         [("a", _align(unreadable, columns)), ("b", _align(dups, columns, promote))], job.ctx)
+    n = len(rid)
+    keep, group = np.ones(n, dtype=bool), rid.copy()
+    size, weight = np.ones(n, dtype=np.int64), np.full(n, np.nan)
+    dup_of = np.full(n, None, dtype=object)
+    if payload is not None and len(payload["rid"]):
+        pos = np.searchsorted(rid, payload["rid"])
+        keep[pos] = payload["keep"]
+        group[pos] = payload["group"]
+        size[pos] = payload["size"]
+        weight[pos] = payload["weight"]
+        dup_of[pos] = payload["dup_of"]
+    return Decisions(keep, group, size, weight, dup_of, best, keys)
+
+
+def write_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
+    """Phase 3 on one slice: the operator's ``split`` of its readable rows, then shard + rejected parts."""
+    sl = Slice.from_item(item)
+    df = read_slice(sl)
+    side = _read_side(_side_path(job.ctx.work_dir, sl.offset))
+    ok, unreadable = _unreadable(df, side)
+    good = df[ok]
+    payload = loads(item["payload"]) if item.get("payload") else None
+    best = None
+    if op.search == "cosine":  # best scores by position in the slice; the readable rows' are kept
+        best = (np.asarray(payload["best"], dtype=np.float64)[ok] if payload is not None and "best" in payload
+                else np.full(len(good), np.nan))
+    decided = slice_decisions(good, payload, _slice_keys(op, side, job.ctx.work_dir, sl.offset), best)
+    kept, dups = op.split(good, decided, job.keys)
+    columns, promote = job.extra["rejected_columns"], tuple(job.extra["promote"])
+    stats = write_outputs(sl.offset, len(df), kept,
+                          [("a", _align(unreadable, columns)), ("b", _align(dups, columns, promote))], job.ctx)
+    return pd.DataFrame([stats.as_row()])
 
 
 # ---------------------------------------------------------------------------------------------------
 # orchestration (driver)
 
 
-def _rejected_columns(input_columns: list[str], any_unreadable: bool, any_dups: bool, dup_columns: list[str]
-                      ) -> tuple[list[str], list[str]]:
-    """The columns of the local engine's ``concat(unreadable, dups)`` (empty frames left out), and the
-    duplicate columns that concatenation fills with nulls for unreadable rows (so promotes)."""
-    cols = list(input_columns) + ["reason"]
-    if any_unreadable:
-        cols.append("detail")
-    if any_dups:
-        cols += [c for c in dup_columns if c not in cols]
-    return cols, (list(dup_columns) if any_unreadable and any_dups else [])
-
-
-def _payloads_by_slice(slices: list[Slice], rid: np.ndarray, make) -> list[bytes]:
-    """Per slice, ``dumps(make(lo, hi))`` of the decisions whose row ids fall in it (rid sorted)."""
-    out = []
-    for sl in slices:
-        lo, hi = np.searchsorted(rid, [sl.offset, sl.offset + sl.rows])
-        out.append(dumps(make(int(lo), int(hi))) if hi > lo else b"")
-    return out
-
-
-def _lookup(run: "StepRun", slices: list[Slice], rids: np.ndarray, column: str | None) -> dict[int, Any]:
-    """``{row id: value of column}`` for a few rows (the kept rows that duplicates point at)."""
-    rids = np.unique(np.asarray(rids, dtype=np.int64))
-    if not len(rids):
-        return {}
-    if column is None:  # no image column: duplicates point at the kept row's position
-        return {int(r): int(r) for r in rids}
-    items = []
-    for sl in slices:
-        lo, hi = np.searchsorted(rids, [sl.offset, sl.offset + sl.rows])
-        if hi > lo:
-            items.append({**sl.as_item(), "payload": dumps(rids[lo:hi])})
-    out: dict[int, Any] = {}
-    for blob in run.map_items(items, lookup_values, {"column": column}).to_pandas()["blob"].tolist():
-        wanted, values = loads(blob)
-        out.update(zip(wanted.tolist(), values))
-    return out
-
-
-def _count(ds) -> int:
-    return int(ds.count())
-
-
-def run_exact(run: "StepRun") -> pd.DataFrame:
-    """ImageExactDeduplicateFilter: hash rows in tasks, group equal hashes by a shuffle, keep the first."""
-    op, keys = run.op, run.keys
-    slim = run.map_slices("exact_prepare", {"partitions": run.partitions}).materialize()
-    readable = _count(slim)
-    groups = _groupby(slim, "part", run.shuffle_partitions(readable)).map_groups(exact_group, batch_format="pandas")
-    dups = groups.to_pandas()
-    dups = dups.sort_values(ROW_ID) if len(dups) else pd.DataFrame({ROW_ID: np.empty(0, np.int64),
-                                                                    "keeper": np.empty(0, np.int64)})
-    run.log(f"{readable} readable rows, {len(dups)} exact duplicates")
-    images = _lookup(run, run.slices, dups["keeper"].to_numpy(), keys["input_image_key"])
-    rid = dups[ROW_ID].to_numpy(np.int64)
-    dup_of = [images[int(k)] for k in dups["keeper"].tolist()]
-    payloads = _payloads_by_slice(run.slices, rid, lambda lo, hi: {"rid": rid[lo:hi], "dup_of": dup_of[lo:hi]})
-    columns, promote = _rejected_columns(run.input_columns, readable < run.rows, len(dups) > 0, ["duplicate_of"])
-    return run.write_slices("exact_write", payloads, {"rejected_columns": columns, "promote": promote})
-
-
-def run_hash(run: "StepRun") -> pd.DataFrame:
-    """ImageHashDeduplicateFilter: hash rows in tasks; shuffle block keys; verify groups; group on the driver."""
-    from dataflow.algorithms.grouping import group_duplicates, keep_priority
-
-    op, keys = run.op, run.keys
-    _check_keep_column(run, op.keep)
+def run_dedup(run: "StepRun") -> pd.DataFrame:
+    """A dedup step: keys in tasks (or actors), the distributed search of ``op.search``, groups on the
+    driver over the touched rows, then the write."""
+    op = run.op
+    search = getattr(op, "search", None)
+    if search not in ("exact", "hamming", "cosine"):
+        raise ValueError(f"{run.name}.search must be 'exact', 'hamming' or 'cosine', got {search!r}")
+    dup_columns = _dry_run(run)
     clock = time.perf_counter()
-    slim = run.map_slices("hash_prepare", {}).materialize()
-    readable = _count(slim)
-    run.log(f"{readable} readable hashes of {run.rows} rows in {time.perf_counter() - clock:.1f}s")
+    extra = {"partitions": run.partitions} if search == "exact" else {}
+    slim = run.map_slices("dedup_keys", extra).materialize()
+    readable = int(slim.count())
+    run.log(f"{readable} readable keys of {run.rows} rows in {time.perf_counter() - clock:.1f}s")
     clock = time.perf_counter()
-    layout = _hamming.choose_key_layout(op.max_distance, max(readable, 1))
+    best = None
+    if search == "exact":
+        rows, found = _exact_pairs(run, slim, readable)
+    elif search == "hamming":
+        rows, found = _hamming_pairs(run, slim, readable)
+    else:
+        rows, found, best = _cosine_pairs(run, slim, readable)
+    groups = op.group(len(rows), found, rows["pv"].to_numpy(float))
+    run.log(f"grouped {len(rows)} rows with duplicates on the driver in {time.perf_counter() - clock:.1f}s")
+    return _write_groups(run, rows, groups, readable=readable, best=best, dup_columns=dup_columns)
+
+
+def _dry_run(run: "StepRun") -> list[str]:
+    """The operator's phase 3 on zero rows, on the driver: fails early on a bad ``keep`` (with the
+    operator's own message) and tells which columns ``split`` gives duplicate rows."""
+    op = run.op
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in run.input_columns})
+    op.keep_values(empty, run.ctx.image_base, run.keys, num_workers=1)
+    none = np.zeros(0)
+    decided = Decisions(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), none,
+                        np.empty(0, dtype=object), none if op.search == "cosine" else None, op.stack_keys([]))
+    _, dups = op.split(empty, decided, run.keys)
+    return [str(c) for c in dups.columns if c not in set(run.input_columns)]
+
+
+def _exact_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
+    """Rows with equal keys, brought together by a shuffle; as the local search, one item per key."""
+    if readable:
+        groups = _groupby(slim, "part", run.shuffle_partitions(readable)).map_groups(exact_group,
+                                                                                     batch_format="pandas")
+        rows = groups.to_pandas()
+    else:
+        rows = pd.DataFrame()
+    if not len(rows):
+        rows = pd.DataFrame({ROW_ID: np.empty(0, np.int64), "k": pd.Series([], dtype=object),
+                             "pv": np.empty(0, float)})
+    rows = rows.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
+    _, inverse = np.unique(rows["k"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    run.log(f"{len(rows)} rows share their key with another row")
+    return rows, Pairs(np.empty((0, 2), dtype=np.int64), inverse=inverse.ravel().astype(np.int64))
+
+
+def _hamming_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
+    """Pairs of distinct hashes within ``max_distance`` by the block-key shuffle, over the touched values."""
+    t = int(run.op.max_distance)
+    layout = _hamming.choose_key_layout(t, max(readable, 1))
     arrays = layout.arrays()
     k = _hamming.top_bits(layout, run.hash_partitions(readable))
     top_masks, top_start = _hamming.partition_masks(layout, k)
-    emitted = slim.map_batches(hash_emit, batch_format="numpy", fn_kwargs={
-        "arrays": arrays, "k": k, "top_masks": top_masks, "top_start": top_start})
-    shuffled_rows = readable * int(top_start[-1])
-    edges = _groupby(emitted, "part", run.shuffle_partitions(shuffled_rows)).map_groups(
-        hash_verify, batch_format="numpy", fn_kwargs={"t": op.max_distance, "arrays": arrays, "k": k})
-    found = edges.to_pandas()
+    if readable:
+        emitted = slim.map_batches(hash_emit, batch_format="numpy", fn_kwargs={
+            "arrays": arrays, "k": k, "top_masks": top_masks, "top_start": top_start})
+        shuffled_rows = readable * int(top_start[-1])
+        edges = _groupby(emitted, "part", run.shuffle_partitions(shuffled_rows)).map_groups(
+            hash_verify, batch_format="numpy", fn_kwargs={"t": t, "arrays": arrays, "k": k})
+        found = edges.to_pandas()
+    else:
+        shuffled_rows, found = 0, pd.DataFrame()
     a = found["a"].to_numpy(np.uint64) if len(found) else np.empty(0, np.uint64)
     b = found["b"].to_numpy(np.uint64) if len(found) else np.empty(0, np.uint64)
     d = found["d"].to_numpy(np.int64) if len(found) else np.empty(0, np.int64)
-    touched = np.unique(np.concatenate([a, b]))
+    items = np.unique(np.concatenate([a, b]))
     run.log(f"blocks {layout.widths} radii {layout.radii}, {shuffled_rows} rows shuffled into "
-            f"{len(layout.widths) << k} partitions: {int((a != b).sum())} pairs within {op.max_distance}, "
-            f"{len(touched)} hash values with duplicates, in {time.perf_counter() - clock:.1f}s")
-    clock = time.perf_counter()
-    rows = _touched(slim, "h", touched, ["h", "pv"])
+            f"{len(layout.widths) << k} partitions: {int((a != b).sum())} pairs within {t}, "
+            f"{len(items)} hash values with duplicates")
+    rows = _touched(slim, "h", items, ["h", "pv"])
     pairs = a != b
-    items = touched
     inverse = np.searchsorted(items, rows["h"].to_numpy(np.uint64))
     edge_array = np.column_stack([np.searchsorted(items, a[pairs]), np.searchsorted(items, b[pairs]), d[pairs]])
-    n = len(rows)
-    pv = rows["pv"].to_numpy(float)
-    priority = keep_priority(op.keep, n, sizes=pv, columns={op.keep: pv})
-    groups = group_duplicates(n, edge_array.reshape(-1, 3), priority=priority, transitive=op.transitive,
-                              closer="smaller", inverse=inverse)
-    run.log(f"grouped {n} rows with duplicates on the driver in {time.perf_counter() - clock:.1f}s")
-    return _write_groups(run, rows, groups, weight_name="distance", image_key=keys["input_image_key"],
-                         readable=readable)
+    return rows, Pairs(edge_array.reshape(-1, 3), inverse=inverse.astype(np.int64))
 
 
-def run_vectors(run: "StepRun") -> pd.DataFrame:
-    """Vector dedup filters: vectors per row, blockwise cosine search per pair of vector shards (exact,
-    every pair found), groups on the driver."""
-    from dataflow.algorithms.grouping import group_duplicates, keep_priority
-
-    op, keys = run.op, run.keys
-    _check_keep_column(run, op.keep)
-    slim = run.map_slices("vector_prepare", {}, actors=run.actors).materialize()
-    readable = _count(slim)
+def _cosine_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
+    """Blockwise cosine search per pair of vector shards (exact: every pair found), and each row's best."""
+    threshold = float(run.op.threshold)
     dims = slim.unique("dim") if readable else []
     if len(dims) > 1:
         raise ValueError(f"{run.name}: vectors of different lengths {sorted(dims)}")
@@ -476,7 +358,7 @@ def run_vectors(run: "StepRun") -> pd.DataFrame:
     best = np.full(run.rows, np.nan, dtype=np.float64)
     a_parts, b_parts, s_parts = [], [], []
     if items:
-        found = run.map_items(items, vector_pairs, {"work_dir": run.ctx.work_dir, "threshold": float(op.threshold)},
+        found = run.map_items(items, vector_pairs, {"work_dir": run.ctx.work_dir, "threshold": threshold},
                               num_cpus=run.options.num_cpus)
         for batch in found.iter_batches(batch_format="numpy", batch_size=1 << 20):
             is_best = batch["b"] < 0
@@ -488,22 +370,11 @@ def run_vectors(run: "StepRun") -> pd.DataFrame:
     b = np.concatenate(b_parts) if b_parts else np.empty(0, np.int64)
     s = np.concatenate(s_parts) if s_parts else np.empty(0, np.float32)
     touched = np.unique(np.concatenate([a, b]))
-    run.log(f"{readable} readable vectors in {len(shards)} shard(s), {len(a)} pairs >= {op.threshold}")
+    run.log(f"{readable} readable vectors in {len(shards)} shard(s), {len(a)} pairs >= {threshold}")
     rows = _touched(slim, ROW_ID, touched, ["pv"])
     rid = rows[ROW_ID].to_numpy(np.int64)
-    n = len(rows)
-    pv = rows["pv"].to_numpy(float)
-    priority = keep_priority(op.keep, n, sizes=pv, columns={op.keep: pv})
     pairs = np.column_stack([np.searchsorted(rid, a), np.searchsorted(rid, b)])
-    groups = group_duplicates(n, pairs.reshape(-1, 2), s.astype(np.float64), priority=priority,
-                              transitive=op.transitive, closer="larger")
-    image_key = keys.get("input_image_key")
-    if run.name == "ImageEmbeddingDeduplicateFilter":
-        image_key = image_key or ("image" if "image" in run.input_columns else None)
-    if image_key not in run.input_columns:
-        image_key = None
-    return _write_groups(run, rows, groups, weight_name="similarity", image_key=image_key, readable=readable,
-                         best=best, score_key=keys.get("output_score_key"))
+    return rows, Pairs(pairs.reshape(-1, 2), s.astype(np.float64)), best
 
 
 def _groupby(ds, key: str, partitions: int):
@@ -513,13 +384,6 @@ def _groupby(ds, key: str, partitions: int):
         return ds.groupby(key, num_partitions=partitions)
     except TypeError:
         return ds.groupby(key)
-
-
-def _check_keep_column(run: "StepRun", keep: str) -> None:
-    if keep not in ("first", "largest") and keep not in run.input_columns:
-        from dataflow.operators.core_vision._dedup import KEEP_HELP
-
-        raise KeyError(f"keep={keep!r} is not a column (columns: {', '.join(run.input_columns)}); {KEEP_HELP}")
 
 
 def _touched(slim, column: str, values: np.ndarray, columns: list[str]) -> pd.DataFrame:
@@ -533,16 +397,60 @@ def _touched(slim, column: str, values: np.ndarray, columns: list[str]) -> pd.Da
     return rows.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
 
 
-def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, weight_name: str, image_key: str | None,
-                  readable: int, best: np.ndarray | None = None, score_key: str | None = None) -> pd.DataFrame:
+def _rejected_columns(input_columns: list[str], any_unreadable: bool, any_dups: bool, dup_columns: list[str]
+                      ) -> tuple[list[str], list[str]]:
+    """The columns of the local engine's ``concat(unreadable, dups)`` (empty frames left out), and the
+    duplicate columns that concatenation fills with nulls for unreadable rows (so promotes)."""
+    cols = list(input_columns) + ["reason"]
+    if any_unreadable:
+        cols.append("detail")
+    extra = [c for c in dup_columns if c not in cols]
+    if any_dups:
+        cols += extra
+    return cols, (extra if any_unreadable and any_dups else [])
+
+
+def _payloads_by_slice(slices: list[Slice], rid: np.ndarray, make) -> list[bytes]:
+    """Per slice, ``dumps(make(lo, hi))`` of the decisions whose row ids fall in it (rid sorted)."""
+    out = []
+    for sl in slices:
+        lo, hi = np.searchsorted(rid, [sl.offset, sl.offset + sl.rows])
+        out.append(dumps(make(int(lo), int(hi))) if hi > lo else b"")
+    return out
+
+
+def _lookup(run: "StepRun", rids: np.ndarray, column: str | None) -> dict[int, Any]:
+    """``{row id: value of column}`` for a few rows (the kept rows that duplicates point at)."""
+    rids = np.unique(np.asarray(rids, dtype=np.int64))
+    if not len(rids):
+        return {}
+    if column is None:  # no image column: duplicates point at the kept row's label, its row id
+        return {int(r): int(r) for r in rids}
+    items = []
+    for sl in run.slices:
+        lo, hi = np.searchsorted(rids, [sl.offset, sl.offset + sl.rows])
+        if hi > lo:
+            items.append({**sl.as_item(), "payload": dumps(rids[lo:hi])})
+    out: dict[int, Any] = {}
+    for blob in run.map_items(items, lookup_values, {"column": column}, num_gpus=0).to_pandas()["blob"].tolist():
+        wanted, values = loads(blob)
+        out.update(zip(wanted.tolist(), values))
+    return out
+
+
+def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, readable: int, best: np.ndarray | None,
+                  dup_columns: list[str]) -> pd.DataFrame:
+    """Pass 3: each slice's decisions (touched rows only, plus every row's best score for cosine)."""
     rid = rows[ROW_ID].to_numpy(np.int64)
     keeper = rid[groups.group_id] if len(rid) else np.empty(0, np.int64)
     dropped = ~groups.keep
     clock = time.perf_counter()
-    images = _lookup(run, run.slices, keeper[dropped], image_key)
-    run.log(f"looked up {len(images)} kept rows' {image_key} in {time.perf_counter() - clock:.1f}s")
-    dup_of = np.empty(len(rid), dtype=object)
+    image_key = run.op.image_key(run.keys, run.input_columns)
+    images = _lookup(run, keeper[dropped], image_key)
+    run.log(f"looked up {len(images)} kept rows' {image_key or 'row ids'} in {time.perf_counter() - clock:.1f}s")
+    dup_of = np.full(len(rid), None, dtype=object)
     dup_of[dropped] = [images[int(x)] for x in keeper[dropped]]
+
     def make(lo: int, hi: int) -> dict:
         return {"rid": rid[lo:hi], "keep": groups.keep[lo:hi], "group": keeper[lo:hi],
                 "size": groups.group_size[lo:hi], "weight": groups.weight[lo:hi], "dup_of": dup_of[lo:hi]}
@@ -550,19 +458,17 @@ def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, weight_name: st
     clock = time.perf_counter()
     payloads = _payloads_by_slice(run.slices, rid, make)
     if best is not None:  # every slice needs its rows' best scores, duplicates or not
-        payloads = [_with_best(p, sl, best, run) for p, sl in zip(payloads, run.slices)]
+        payloads = [_with_best(p, sl, best) for p, sl in zip(payloads, run.slices)]
     n_dups = int(dropped.sum())
-    run.log(f"{n_dups} near duplicates in {int((groups.keep & (groups.group_size > 1)).sum())} groups")
-    dup_columns = ["duplicate_of", weight_name, "group"]
+    run.log(f"{n_dups} duplicates in {int((groups.keep & (groups.group_size > 1)).sum())} groups")
     columns, promote = _rejected_columns(run.input_columns, readable < run.rows, n_dups > 0, dup_columns)
-    extra = {"rejected_columns": columns, "promote": promote, "weight_name": weight_name,
-             "score_key": score_key if best is not None else None}
-    stats = run.write_slices("groups_write", payloads, extra)
+    stats = run.map_slices("dedup_write", {"rejected_columns": columns, "promote": promote}, payloads=payloads,
+                           actors=False, num_gpus=0).to_pandas()
     run.log(f"wrote {len(run.slices)} slice(s) in {time.perf_counter() - clock:.1f}s")
     return stats
 
 
-def _with_best(payload: bytes, sl: Slice, best: np.ndarray, run: "StepRun") -> bytes:
+def _with_best(payload: bytes, sl: Slice, best: np.ndarray) -> bytes:
     data = loads(payload) if payload else {"rid": np.empty(0, np.int64)}
     data["best"] = best[sl.offset:sl.offset + sl.rows]  # by position in the slice; the writer picks readable rows
     return dumps(data)
@@ -572,8 +478,7 @@ def _vector_shards(run: "StepRun", shard_rows: int) -> list[list[int]]:
     """Consecutive slices grouped into vector shards of about ``shard_rows`` readable rows."""
     shards, current, size = [], [], 0
     for sl in run.slices:
-        side = _read_side(Path(run.ctx.work_dir) / f"slim-{sl.offset:012d}.parquet")
-        n = int(side["ok"].sum())
+        n = int(_read_side(_side_path(run.ctx.work_dir, sl.offset))["ok"].sum())
         if not n:
             continue
         if current and size + n > shard_rows:
@@ -591,4 +496,4 @@ def shard_rows_for(dim: int, budget_bytes: int = 128 << 20) -> int:
     return max(1024, int(budget_bytes / (2 * 4 * max(1, dim))))
 
 
-__all__ = ["run_exact", "run_hash", "run_vectors", "shard_rows_for"]
+__all__ = ["run_dedup", "shard_rows_for"]

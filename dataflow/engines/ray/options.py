@@ -2,13 +2,14 @@
 
 In a YAML config they sit beside ``params`` and ``run``::
 
-    - operator: ImageEmbeddingEvaluator
+    - operator: MyEmbeddingEvaluator
       params: {model_name: openai/clip-vit-base-patch32}
       run: {input_image_key: image}
       ray: {num_gpus: 1, concurrency: 2, batch_size: 512}
 
-From Python, ``run_pipeline(pipeline, resources={2: {...}, "ImageQualityEvaluator": {...}})`` keys them
-by step number (1-based) or operator class name. The local engine ignores them.
+From Python, ``run_pipeline(pipeline, resources={2: {...}, "MyEmbeddingEvaluator": {...}})`` keys them
+by step number (1-based) or operator class name. The local engine ignores them. Whether a step runs in an
+actor pool comes from the operator's own ``loads_model`` declaration unless ``actors`` says otherwise.
 """
 
 from __future__ import annotations
@@ -17,13 +18,6 @@ import difflib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# Operators that load a model: they run in an actor pool so each worker loads it once.
-MODEL_OPERATORS = frozenset({
-    "ImageEmbeddingEvaluator", "ImageTextSimilarityEvaluator", "ImageAestheticEvaluator",
-    "ImageTextSimilarityFilter", "ImageDeduplicateFilter",
-})
-
-
 @dataclass(frozen=True)
 class RayStepOptions:
     """How one step runs on Ray.
@@ -31,12 +25,13 @@ class RayStepOptions:
     - ``num_cpus`` / ``num_gpus``: resources each task (or actor) reserves.
     - ``batch_size``: rows per task, each task handing its rows to the operator as one pandas batch
       (default: the step's rows spread over about 4 tasks per cluster CPU, 64 to 65,536 rows).
-    - ``concurrency``: actors in the pool for model-backed operators (default 1 per ``num_gpus``-sized
-      slot, i.e. as many as fit); for other operators, at most this many tasks at once.
+    - ``concurrency``: actors in the pool of an actor step (default 1 per ``num_gpus``-sized slot, i.e.
+      as many as fit); for other steps, at most this many tasks at once.
     - ``max_retries``: how often Ray reruns a task whose worker died (actors are restarted as often);
       default: Ray Data's own, which retries system failures (a dead worker or node) without limit and
       never retries an exception raised by the operator itself.
-    - ``actors``: force (True) or forbid (False) an actor pool; default: model-backed operators only.
+    - ``actors``: force (True) or forbid (False) an actor pool; default: operators declaring
+      ``loads_model = True`` (each actor builds the operator, and loads its model, once).
     """
 
     num_cpus: float = 1.0
@@ -76,7 +71,7 @@ def check_options(value: Any, where: str) -> list[str]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 problems.append(f"{where}: ray: {key} must be a positive integer, got {v!r}")
         elif key == "max_retries":
-            if v is not None and isinstance(v, bool) or not isinstance(v, int) or v < -1:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
                 problems.append(f"{where}: ray: max_retries must be an integer >= -1 (-1: retry forever), got {v!r}")
         elif key == "actors" and v is not None and not isinstance(v, bool):
             problems.append(f"{where}: ray: actors must be true or false, got {v!r}")
@@ -104,6 +99,7 @@ def options_for(step: int, operator: object, resources: dict | None) -> RayStepO
 
 
 def uses_actors(operator: object, options: RayStepOptions) -> bool:
+    """An actor pool when the options say so, else when the operator declares ``loads_model``."""
     if options.actors is not None:
         return options.actors
-    return type(operator).__name__ in MODEL_OPERATORS or bool(getattr(operator, "ray_actors", False))
+    return bool(getattr(operator, "loads_model", False))

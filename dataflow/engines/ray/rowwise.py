@@ -2,8 +2,11 @@
 
 The operator code is not duplicated: each task hands it a :class:`BatchStorage` holding one slice of the
 step in memory (``read()`` returns it, ``write(kept, rejected=...)`` captures the result), exactly the
-calls it makes on a ``FileStorage``. Row accounting is checked per batch as ``FileStorage`` checks it per
-step, then once more for the whole step on the driver.
+calls it makes on a ``FileStorage``, including ``begin(call)`` and DataFlow's ``write(df[mask])`` idiom
+(the rows missing from a subset of the frame read are rejected as ``filtered_by_<Operator>``, by the same
+function ``FileStorage`` uses). Row accounting is checked per batch with the same check as ``FileStorage``,
+then once more for the whole step on the driver. Operators declaring ``execution = "rowwise"`` run this
+way on every slice; the others run it once on the driver over the whole step.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import pandas as pd
 import pyarrow as pa
 
 from dataflow.engines.ray.io import Slice, read_slice, shard_name, write_rejected_part, write_shard
-from dataflow.storage.file_storage import StorageError
+from dataflow.storage.file_storage import CallInfo, StorageError, disappeared_rows
 from dataflow.storage.formats import to_arrow
+from dataflow.storage.manifest import check_accounting
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class StepContext:
     work_dir: str  # scratch files of multi-pass operators
     image_base: str
     image_key: str = "image"
-    keeps_rows: bool = True
+    call: CallInfo | None = None  # what each batch's storage is told by begin(), built once on the driver
 
 
 class BatchStorage:
@@ -43,31 +47,47 @@ class BatchStorage:
     def __init__(self, df: pd.DataFrame, ctx: StepContext):
         self._df = df
         self._ctx = ctx
+        self._call: CallInfo | None = None
+        self._read_frame: pd.DataFrame | None = None
+        self._read_dicts: list[dict] | None = None
         self.image_base = ctx.image_base
         self.image_key = ctx.image_key
         self.operator_step = 0
         self.kept: pd.DataFrame | None = None
         self.rejected: pd.DataFrame | None = None
 
+    def begin(self, call: CallInfo) -> None:
+        """The operator call this batch belongs to (its name and ``keeps_rows`` govern ``write``)."""
+        self._call = call
+
+    @property
+    def keeps_rows(self) -> bool:
+        return self._call.keeps_rows if self._call is not None else True
+
     def step(self) -> "BatchStorage":
         return self
 
     def read(self, output_type: str = "dataframe"):
+        self._read_frame, self._read_dicts = None, None
         if output_type == "dataframe":
+            self._read_frame = self._df
             return self._df
         if output_type == "dict":
-            return self._df.to_dict("records")
+            self._read_dicts = self._df.to_dict("records")
+            return self._read_dicts
         raise ValueError(f"output_type must be 'dataframe' or 'dict', got {output_type!r}")
 
     def write(self, data, rejected=None) -> str:
-        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+        rows = None if isinstance(data, pd.DataFrame) else list(data)
+        df = data if rows is None else pd.DataFrame(rows)
         rej = rejected if isinstance(rejected, pd.DataFrame) else pd.DataFrame(list(rejected or []))
         if len(rej) and "reason" not in rej.columns:
             raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
-        if self._ctx.keeps_rows and len(self._df) != len(df) + len(rej):
-            raise StorageError(f"{self._ctx.name}: rows in ({len(self._df)}) != rows out ({len(df)}) + rows "
-                               f"rejected ({len(rej)}) in one batch; an operator must hand every dropped row to "
-                               "storage.write(kept, rejected=dropped) with a reason")
+        operator = self._call.operator if self._call is not None else self._ctx.name
+        if rejected is None and self.keeps_rows:
+            rej = disappeared_rows(self._read_frame, self._read_dicts, df if rows is None else rows, operator)
+        if self.keeps_rows:
+            check_accounting(operator, len(self._df), len(df), len(rej), where=" in one batch")
         self.kept, self.rejected = df, rej
         return "<ray batch>"
 
@@ -82,8 +102,11 @@ def worker_operator(cls: type, params: dict) -> Any:
 
 
 def run_operator(op: Any, df: pd.DataFrame, keys: dict, ctx: StepContext) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The operator's unwrapped ``run`` on one batch: (kept rows, rejected rows)."""
+    """The operator's unwrapped ``run`` on one batch (the driver already announced the call, so no
+    per-batch hook, log line or fingerprint): (kept rows, rejected rows)."""
     storage = BatchStorage(df, ctx)
+    if ctx.call is not None:
+        storage.begin(ctx.call)
     run = getattr(type(op).run, "__wrapped_run__", type(op).run)
     run(op, storage, **keys)
     if storage.kept is None:
@@ -159,19 +182,19 @@ class SliceJob:
     extra: dict = field(default_factory=dict)
 
     def build(self) -> Any:
-        return worker_operator(self.cls, self.params) if self.cls is not None else None
+        return worker_operator(self.cls, self.params)
 
     def run(self, op: Any, batch: pd.DataFrame) -> pd.DataFrame:
         from dataflow.engines.ray import dedup
 
-        fn = {"rowwise": rowwise_slice, "exact_prepare": dedup.exact_prepare, "hash_prepare": dedup.hash_prepare,
-              "vector_prepare": dedup.vector_prepare}[self.kind]
+        fn = {"rowwise": rowwise_slice, "dedup_keys": dedup.keys_slice, "dedup_write": dedup.write_slice}[self.kind]
         frames = [fn(op, item, self) for item in batch.to_dict("records")]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def slice_task(batch: pd.DataFrame, job: SliceJob) -> pd.DataFrame:
-    """A Ray task over descriptors: the operator is rebuilt per call (cheap for operators without models)."""
+    """A Ray task over descriptors: the operator is rebuilt per call (cheap for operators that load no
+    model, or load it on first use)."""
     return job.run(job.build(), batch)
 
 

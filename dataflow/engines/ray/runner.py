@@ -1,14 +1,20 @@
 """Run a compiled pipeline's operator calls on Ray Data, step by step, with the local engine's cache.
 
 Each call reads its input step (the input file, or the previous step's Parquet shards), runs as Ray Data
-passes over slices of it, and is written as ``<prefix>_step<N>.parquet/`` with the same manifest
-(fields, fingerprint chain) and rejected-rows sidecar (``<prefix>_step<N>.rejected.jsonl``) as
-``FileStorage`` writes, so auto-resume, ``FileStorage.read`` and ``dataflow inspect`` work unchanged and
-the two engines resume each other's steps.
+passes over slices of it, and is written as ``<prefix>_step<N>.parquet/`` with the same manifest (built
+by ``step_manifest``, the one ``FileStorage`` uses: fields, thresholds, fingerprint chain) and rejected-rows
+sidecar (``<prefix>_step<N>.rejected.jsonl``) as ``FileStorage`` writes, so auto-resume, ``FileStorage.read``
+and ``dataflow inspect`` work unchanged and the two engines resume each other's steps.
+
+How a call runs comes from what its operator declares, never from its name: ``execution = "rowwise"``
+maps the operator's own ``run()`` over slices (:mod:`.rowwise`), ``"dedup"`` runs its public phases
+distributed (:mod:`.dedup`), ``"table"`` runs it on the driver over the whole step; ``loads_model`` puts
+its workers in an actor pool (the step's ``actors`` option overrides that).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -25,6 +31,7 @@ from typing import Any, Callable
 import pandas as pd
 
 import dataflow
+from dataflow.core.operator import call_info
 from dataflow.engines.ray import io as rio
 from dataflow.engines.ray.options import RayStepOptions, options_for, uses_actors
 from dataflow.engines.ray.rowwise import (SliceActor, SliceJob, StepContext, deserialize_schema, run_operator,
@@ -34,17 +41,13 @@ from dataflow.storage.file_storage import StorageError
 from dataflow.storage.formats import read_table, write_table
 from dataflow.storage.inputs import list_image_folder
 from dataflow.storage.lock import CacheLock
-from dataflow.storage.manifest import fingerprint, write_manifest
+from dataflow.storage.manifest import check_accounting, step_manifest, write_manifest
 
 logger = get_logger("dataflow.engines.ray")
 
 MAX_SLICE_ROWS = 65_536
 MIN_SLICE_ROWS = 64  # below this a task costs more to schedule than its rows take to process
-# Filters that decide each row on its own (like every evaluator): run per batch.
-ROWWISE_FILTERS = frozenset({"ScoreRangeFilter", "ImageResolutionFilter", "ImageAspectRatioFilter",
-                             "ImageTextSimilarityFilter"})
-VECTOR_DEDUP = frozenset({"ImageEmbeddingDeduplicateFilter", "ImageHistogramDeduplicateFilter",
-                          "ImageDeduplicateFilter"})
+STRATEGIES = {"rowwise": "rowwise", "dedup": "dedup", "table": "driver"}
 
 
 class EngineError(Exception):
@@ -63,7 +66,8 @@ def require_ray():
     """``import ray`` (with Ray Data), or a clear error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+
+        importlib.import_module("ray.data")  # Ray Data is a separate part of Ray: it must import too
     except ImportError as exc:
         raise RayNotInstalledError("the Ray engine needs Ray Data: pip install 'dataflow[ray]' "
                                    f"(import failed: {exc})") from None
@@ -71,24 +75,12 @@ def require_ray():
 
 
 def strategy_of(op: Any) -> str:
-    """How an operator runs on Ray: ``rowwise`` | ``exact`` | ``hash`` | ``vectors`` | ``driver``."""
-    from dataflow.operators.core_vision import (ImageDeduplicateFilter, ImageEmbeddingDeduplicateFilter,
-                                                ImageExactDeduplicateFilter, ImageHashDeduplicateFilter,
-                                                ImageHistogramDeduplicateFilter)
-
-    cls = type(op)
-    if cls is ImageExactDeduplicateFilter:
-        return "exact"
-    if cls is ImageHashDeduplicateFilter:
-        return "hash"
-    if cls in (ImageEmbeddingDeduplicateFilter, ImageHistogramDeduplicateFilter, ImageDeduplicateFilter):
-        return "vectors"
-    declared = getattr(op, "ray_rowwise", None)
-    if declared is not None:
-        return "rowwise" if declared else "driver"
-    if getattr(op, "category", "") == "eval" or cls.__name__ in ROWWISE_FILTERS:
-        return "rowwise"
-    return "driver"
+    """How an operator runs on Ray, from its declared ``execution``: ``rowwise`` | ``dedup`` | ``driver``."""
+    execution = getattr(op, "execution", "table")
+    if execution not in STRATEGIES:
+        raise EngineError(f"{type(op).__name__}.execution must be one of {', '.join(STRATEGIES)}, "
+                          f"got {execution!r}")
+    return STRATEGIES[execution]
 
 
 @dataclass
@@ -132,11 +124,12 @@ class StepRun:
 
         return self.options.batch_size * 4 if self.options.batch_size else shard_rows_for(dim)
 
-    def _remote_args(self, actors: bool, num_cpus: float | None = None) -> dict:
+    def _remote_args(self, actors: bool, num_cpus: float | None = None, num_gpus: float | None = None) -> dict:
         o = self.options
         args: dict = {"num_cpus": o.num_cpus if num_cpus is None else num_cpus}
-        if o.num_gpus:
-            args["num_gpus"] = o.num_gpus
+        gpus = o.num_gpus if num_gpus is None else num_gpus
+        if gpus:
+            args["num_gpus"] = gpus
         if o.max_retries is not None:  # else Ray Data's defaults: retry system failures without limit
             if actors:
                 args.update(max_restarts=o.max_retries, max_task_retries=o.max_retries)
@@ -144,35 +137,33 @@ class StepRun:
                 args["max_retries"] = o.max_retries
         return args
 
-    def map_slices(self, kind: str, extra: dict, *, actors: bool | None = None):
-        """``map_batches`` of the operator over the slice descriptors (an actor pool when ``actors``)."""
+    def map_slices(self, kind: str, extra: dict, *, payloads: list[bytes] | None = None,
+                   actors: bool | None = None, num_gpus: float | None = None):
+        """``map_batches`` of the operator over the slice descriptors (each with its payload, if any):
+        tasks, or an actor pool when ``actors`` (default: the step's choice)."""
         ray = self.engine.ray
         job = SliceJob(kind, type(self.op), self.op.params, self.keys, self.ctx, extra)
         items = [sl.as_item() for sl in self.slices]
+        if payloads is not None:
+            items = [{**item, "payload": p} for item, p in zip(items, payloads)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         actors = self.actors if actors is None else actors
         common = {"batch_size": 1, "batch_format": "pandas"}
         if actors:
             n = self.options.concurrency or self.engine.default_actors(self.options, len(items))
             return _map_batches(ds, SliceActor, fn_constructor_kwargs={"job": job},
-                                compute=ray.data.ActorPoolStrategy(size=n), **common, **self._remote_args(True))
+                                compute=ray.data.ActorPoolStrategy(size=n), **common,
+                                **self._remote_args(True, num_gpus=num_gpus))
         conc = {"concurrency": self.options.concurrency} if self.options.concurrency else {}
-        return _map_batches(ds, slice_task, fn_kwargs={"job": job}, **conc, **common, **self._remote_args(False))
+        return _map_batches(ds, slice_task, fn_kwargs={"job": job}, **conc, **common,
+                            **self._remote_args(False, num_gpus=num_gpus))
 
-    def map_items(self, items: list[dict], fn: Callable, fn_kwargs: dict, num_cpus: float = 1.0):
+    def map_items(self, items: list[dict], fn: Callable, fn_kwargs: dict, num_cpus: float = 1.0,
+                  num_gpus: float | None = None):
         """``map_batches`` of a module-level function over arbitrary descriptor rows (one per task)."""
         ds = self.engine.ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         return _map_batches(ds, fn, fn_kwargs=fn_kwargs, batch_size=1, batch_format="pandas",
-                            **self._remote_args(False, num_cpus=num_cpus))
-
-    def write_slices(self, kind: str, payloads: list[bytes], extra: dict) -> pd.DataFrame:
-        """Pass 3 of the dedup operators: each slice written from its descriptor + decisions."""
-        from dataflow.engines.ray.dedup import write_task
-
-        job = SliceJob(kind, None, {}, self.keys, self.ctx, extra)
-        items = [{**sl.as_item(), "payload": p} for sl, p in zip(self.slices, payloads)]
-        ds = self.map_items(items, write_task, {"job": job})
-        return ds.to_pandas()
+                            **self._remote_args(False, num_cpus=num_cpus, num_gpus=num_gpus))
 
 
 def _map_batches(ds, fn, **kwargs):
@@ -245,6 +236,8 @@ class RayEngine:
         name = type(op).__name__
         out_step = call.step + 1
         started = time.perf_counter()
+        info = call_info(op, call.keys)
+        info.started = started
         options = options_for(call.index + 1, op, self.resources)
         target = storage.step_path(out_step)
         Path(storage.cache_path).mkdir(parents=True, exist_ok=True)
@@ -256,13 +249,13 @@ class RayEngine:
             (tmp / "_rejected").mkdir()
             work = rio.work_dir(tmp)
             ctx = StepContext(name=name, out_dir=str(tmp), work_dir=str(work), image_base=storage.image_base,
-                              image_key=storage.image_key, keeps_rows=op.keeps_rows)
+                              image_key=storage.image_key, call=info)
             strategy = strategy_of(op) if src.rows else "driver"
             run = StepRun(self, call, src, ctx, options)
             logger.info("step %d %s: running on Ray (%s, %d rows in %d slice(s)%s)", out_step, name, strategy,
                         src.rows, len(run.slices), ", actor pool" if run.actors and strategy != "driver" else "")
             stats = self._execute(strategy, run)
-            manifest = self._finish(call, src, stats, tmp, target, started)
+            manifest = self._finish(call, info, src, stats, tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -275,28 +268,26 @@ class RayEngine:
 
         if strategy == "rowwise":
             return run.map_slices("rowwise", {}).to_pandas()
-        if strategy == "exact":
-            return dedup.run_exact(run)
-        if strategy == "hash":
-            return dedup.run_hash(run)
-        if strategy == "vectors":
-            return dedup.run_vectors(run)
+        if strategy == "dedup":
+            return dedup.run_dedup(run)
         return self._on_driver(run)
 
     def _on_driver(self, run: StepRun) -> pd.DataFrame:
-        """An operator that is not row-local (and not one of the distributed dedups) runs on the driver
-        over the whole step, as the local engine would; its output is still a sharded step."""
+        """An operator declaring ``execution = "table"`` runs on the driver over the whole step, as the
+        local engine would; its output is still a sharded step."""
         if run.rows:
-            warnings.warn(f"{run.name} is not row-local and has no distributed version: it runs on the driver "
-                          "over the whole step (set ray_rowwise = True on the operator class if each row is "
-                          "decided on its own)", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{run.name} declares execution = \"table\": it runs on the driver over the whole "
+                          "step (set execution = \"rowwise\" on the operator class if each row is decided on "
+                          "its own)", RuntimeWarning, stacklevel=2)
         frames = [read_table(f, "parquet")[0] for f in run.src.files]
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         kept, rej = run_operator(run.op, df, run.keys, run.ctx)
         return pd.DataFrame([write_outputs(0, len(df), kept, [("a", rej)], run.ctx).as_row()])
 
-    def _finish(self, call, src: StepInput, stats: pd.DataFrame, tmp: Path, target: Path, started: float) -> dict:
-        storage, op = call.storage, call.operator
+    def _finish(self, call, info, src: StepInput, stats: pd.DataFrame, tmp: Path, target: Path) -> dict:
+        """Check the accounting, concatenate the rejected parts, swap the step into place, write the manifest
+        (``info`` is the call's ``CallInfo``, its ``started`` the call's start)."""
+        storage = call.storage
         out_step = call.step + 1
         stats = stats.sort_values("offset", kind="stable") if len(stats) else stats
         shards = [(s, deserialize_schema(b)) for s, b in zip(stats["shard"], stats["schema"]) if s]
@@ -321,10 +312,8 @@ class RayEngine:
             reasons.update(str(m["reason"]) for m in src.malformed)
             rows_rejected += len(src.malformed)
         rows_in = src.rows + len(src.malformed)
-        if op.keeps_rows and rows_in != rows_out + rows_rejected:
-            raise StorageError(f"{type(op).__name__}: rows in ({rows_in}) != rows out ({rows_out}) + rows rejected "
-                               f"({rows_rejected}); an operator must hand every dropped row to "
-                               "storage.write(kept, rejected=dropped) with a reason")
+        if info.keeps_rows:
+            check_accounting(info.operator, rows_in, rows_out, rows_rejected)
         rejected_path = storage.rejected_path(out_step)
         if parts:
             rio.concat_parts(parts, rejected_path)
@@ -333,31 +322,12 @@ class RayEngine:
         shutil.rmtree(tmp / "_rejected", ignore_errors=True)
         shutil.rmtree(tmp / rio.WORK_DIR, ignore_errors=True)
         rio.swap_into_place(tmp, target)
-        input_fp = storage.step_fingerprint(call.step) or ""
-        columns = [str(c) for c in unified.names]
-        manifest = {
-            "step": out_step,
-            "operator": type(op).__name__,
-            "params": op.params,
-            "input_keys": {k: v for k, v in call.keys.items() if k.startswith("input_")},
-            "output_keys": {k: v for k, v in call.keys.items() if k.startswith("output_")},
-            "rows_in": rows_in,
-            "rows_out": rows_out,
-            "rows_rejected": rows_rejected,
-            "rejected_reasons": {str(k): int(v) for k, v in reasons.most_common()},
-            "seconds": round(time.perf_counter() - started, 4),
-            "fingerprint": fingerprint(input_fp, call.operator_fingerprint or type(op).__name__),
-            "input_fingerprint": input_fp,
-            "columns": columns,
-            "new_columns": [c for c in columns if c not in src.columns],
-            "file": target.name,
-            "rejected_file": rejected_path.name if rows_rejected else None,
-            "cache_type": "parquet",
-            "first_entry_file_name": storage.first_entry_file_name,
-            "image_base": storage.image_base,
-            "dataflow_version": dataflow.__version__,
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        manifest = step_manifest(
+            info, step=out_step, rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
+            rejected_reasons=dict(reasons.most_common()), input_fingerprint=storage.step_fingerprint(call.step) or "",
+            columns=list(unified.names), columns_in=src.columns, file=target.name,
+            rejected_file=rejected_path.name if rows_rejected else None, cache_type="parquet",
+            first_entry_file_name=storage.first_entry_file_name, image_base=storage.image_base)
         write_manifest(storage.manifest_path(out_step), manifest)
         return manifest
 
