@@ -1,7 +1,8 @@
 """The docs cannot go stale: regenerated pages must equal the committed ones, and every example must run.
 
 Conventions (also in docs/index.md, "How the docs are checked"):
-- a ```python block runs on its own in a fresh temp folder holding ``example_data/`` (a link to the repo's);
+- a ```python block runs on its own, in a subprocess, in a fresh temp folder holding ``example_data/`` (a link
+  to the repo's);
 - a ```python notrun block is shown, not run (needs a model the test machine lacks, or another library);
 - in a ```bash block, each line starting with ``dataflow `` runs in such a folder and must exit 0.
 Blocks the generator already ran while regenerating (the operator examples) are not run twice.
@@ -73,16 +74,16 @@ def test_pages_are_deterministic_and_relative(generated):
 def test_python_blocks_run(where, code, generated):
     if code in generated.executed:
         return  # the generator ran exactly this block while regenerating
-    with docs_gen.example_folder():
-        docs_gen.run_block(code, where)
+    with docs_gen.example_folder() as folder:
+        docs_gen.run_block(code, folder, where)
 
 
 @pytest.mark.parametrize("where, code", code_blocks("bash"))
 def test_dataflow_commands_in_bash_blocks_run(where, code):
     commands = [shlex.split(line, comments=True) for line in code.splitlines() if line.startswith("dataflow ")]
-    with docs_gen.example_folder():
+    with docs_gen.example_folder() as folder:
         for argv in commands:
-            status, output = docs_gen.run_cli(argv[1:])
+            status, output = docs_gen.run_cli(argv[1:], folder)
             assert status == 0, f"{where}: `{' '.join(argv)}` exited with {status}:\n{output}"
 
 
@@ -104,14 +105,14 @@ def test_ops_doc_generates_user_operator_pages_on_the_fly(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # ./operators holds the example user operator CaptionLengthEvaluator
     assert main(["ops", "--doc", "CaptionLengthEvaluator"]) == 0
     out = capsys.readouterr().out
-    assert "# CaptionLengthEvaluator" in out and "`input_text_key`" in out
-    assert "`dataflow inspect ./cache_docs`" in out and "| `caption_words` | int |" in out  # its example ran
+    assert "# CaptionLengthEvaluator" in out and "`input_text_key`" in out and "- writes: `caption_words`" in out
+    assert "Not run here" in out and "`dataflow inspect ./cache_docs`" not in out  # --doc runs no code
 
 
 def test_param_docs_convention():
     google = """Does things.
 
-    Args:
+    Parameters:
         threshold (float): how similar is too similar,
             as a cosine.
         keep: which row stays.
@@ -119,28 +120,15 @@ def test_param_docs_convention():
     Returns:
         nothing.
     """
-    numpy_style = """Does things.
-
-    Parameters
-    ----------
-    threshold : float
-        how similar is too similar.
-    keep : str
-        which row stays.
-    """
     assert docs_gen.parse_param_docs(google) == {"threshold": "how similar is too similar, as a cosine.",
                                                  "keep": "which row stays."}
-    assert docs_gen.parse_param_docs(numpy_style) == {"threshold": "how similar is too similar.",
-                                                      "keep": "which row stays."}
+    assert docs_gen.parse_param_docs("Keeps.\n\n    Args:\n        keep: the first one\n") == {"keep": "the first one"}
+    assert docs_gen.parse_param_docs("No sections.\n\n    indented: not a parameter\n") == {}
+    assert not hasattr(docs_gen, "PARAM_MEANINGS")  # meanings come from the operators' docstrings only
 
-    class Documented:
-        """Documented.
 
-        Args:
-            keep: the documented meaning wins over the central table.
-        """
-
-    assert docs_gen.param_meaning(Documented, "keep", docs_gen.parse_param_docs(Documented.__doc__)).startswith(
-        "the documented meaning")
-    assert docs_gen.param_meaning(Documented, "num_workers", {}) == docs_gen.PARAM_MEANINGS["num_workers"]
-    assert docs_gen.param_meaning(Documented, "output_caption_key", {}) == "column the caption is written to"
+def test_templates_are_not_docs_pages():
+    """The index template and its inputs live in docs/_templates/, which doc_files() does not glob."""
+    assert (DOCS / "_templates" / "index.md").is_file()
+    assert not any("_templates" in str(p) for p in doc_files())
+    assert "{{" not in (DOCS / "index.md").read_text(encoding="utf-8")

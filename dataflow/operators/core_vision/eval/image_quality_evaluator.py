@@ -7,6 +7,7 @@ import math
 from PIL import Image
 
 from dataflow.algorithms.quality import ANALYSIS_SIDE, METRICS, compute_metrics
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info, load_image
@@ -102,6 +103,13 @@ class ImageQualityEvaluator(ImageEvaluator):
     object_columns = _OBJECT_COLUMNS
     progress_desc = "quality"
 
+    example = Example.on_example_data("ImageQualityEvaluator", """
+        op = ImageQualityEvaluator(metrics="all")
+        op.run(storage.step(), input_image_key="image")
+        """, show=["image", "sharpness", "blur_score", "brightness", "dark_score", "entropy", "has_border",
+                   "image_error"],
+        rows=["images/blurred.jpg", "images/dark.jpg", "images/letterboxed.jpg"])
+
     def __init__(self, metrics: str | list[str] = "all", max_side: int = ANALYSIS_SIDE,
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.names = metric_names(metrics)
@@ -111,6 +119,15 @@ class ImageQualityEvaluator(ImageEvaluator):
         self.max_side = max_side
         self.num_workers = num_workers
         self.max_pixels = max_pixels
+
+    @classmethod
+    def doc_sections(cls) -> str:
+        """Markdown the docs page ends with: the table of metrics."""
+        cell = lambda text: str(text).replace("|", "\\|")
+        lines = ["## Metrics", "", "From `dataflow.algorithms.quality.METRICS`:", "",
+                 "| metric | what | range | better |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {cell(s.what)} | {cell(s.range)} | {cell(s.better)} |" for n, s in METRICS.items()]
+        return "\n".join(lines)
 
     def score_columns(self) -> list[str]:
         return [*FILE_COLUMNS, *self.names]

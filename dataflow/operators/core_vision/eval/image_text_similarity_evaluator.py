@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -69,6 +70,12 @@ class ImageTextSimilarityEvaluator(ImageEvaluator):
     loads_model = True
     columns = ("clip_score",)
     renames = {"clip_score": "output_score_key"}
+
+    example = Example.on_example_data("ImageTextSimilarityEvaluator", """
+        op = ImageTextSimilarityEvaluator(model_name="openai/clip-vit-base-patch32", reduce="mean")
+        op.run(storage.step(), input_image_key="image", input_text_key="caption", output_score_key="clip_score")
+        """, not_run="needs a local CLIP model (download it once with "
+                     "`huggingface-cli download openai/clip-vit-base-patch32` on a machine with network access)")
 
     def __init__(self, model_name: str = "openai/clip-vit-base-patch32", batch_size: int = 32,
                  device: str | None = None, reduce: str = "mean", num_workers: int | None = None):

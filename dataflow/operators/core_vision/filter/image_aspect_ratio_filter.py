@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.core.row_filter import RowFilter, Verdict
@@ -43,6 +44,11 @@ class ImageAspectRatioFilter(RowFilter):
     description_zh = "按宽高比（宽/高）范围过滤图像，复用已有 aspect_ratio 或 width/height 列，否则只读文件头。"
     thresholds = (Threshold("min_ratio", "input_aspect_ratio_key", "min", default="aspect_ratio"),
                   Threshold("max_ratio", "input_aspect_ratio_key", "max", default="aspect_ratio"))
+
+    example = Example.on_example_data("ImageAspectRatioFilter", """
+        op = ImageAspectRatioFilter(min_ratio=0.333, max_ratio=3.0)
+        op.run(storage.step(), input_image_key="image")
+        """, show=["image", "caption"], rejected_show=["image", "reason", "aspect_ratio", "detail"])
 
     def __init__(self, min_ratio: float | None = 0.333, max_ratio: float | None = 3.0,
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):

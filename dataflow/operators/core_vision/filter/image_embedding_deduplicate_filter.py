@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -41,6 +42,18 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
     weight_name = "similarity"
     score_key = "output_score_key"
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
+
+    example = Example.on_example_data("ImageEmbeddingDeduplicateFilter, ImageHistogramEvaluator", """
+        ImageHistogramEvaluator(bins=8).run(storage.step(), input_image_key="image",
+                                            output_histogram_key="color_histogram")
+        op = ImageEmbeddingDeduplicateFilter(threshold=0.98, keep="first")
+        op.run(storage.step(), input_embedding_key="color_histogram", input_image_key="image")
+        """, show=["image", "max_similarity", "dup_group", "dup_group_size"],
+        rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
+        rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
+        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"],
+        note="Any vector column works: here colour histograms; CLIP or EfficientNet embeddings from "
+             "`ImageEmbeddingEvaluator` the same way.")
 
     def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "first"):
         if not -1.0 <= threshold <= 1.0:

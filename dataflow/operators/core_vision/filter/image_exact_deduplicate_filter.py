@@ -6,6 +6,7 @@ import pandas as pd
 import xxhash
 
 from dataflow.core.dedup import Decisions, DedupFilter
+from dataflow.core.docs import Example
 from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult, map_items
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -48,6 +49,11 @@ class ImageExactDeduplicateFilter(DedupFilter):
     search = "exact"
     reason = "exact_duplicate"
     group_key = None
+
+    example = Example.on_example_data("ImageExactDeduplicateFilter", """
+        op = ImageExactDeduplicateFilter(on="bytes")
+        op.run(storage.step(), input_image_key="image")
+        """, show=["image", "caption"], rejected_show=["image", "reason", "duplicate_of", "detail"])
 
     def __init__(self, on: str = "bytes", num_workers: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -6,6 +6,7 @@ import pandas as pd
 
 from dataflow.algorithms.hashing import HASH_METHODS, hex_to_hash
 from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.docs import Example
 from dataflow.core.images import ERROR_COLUMN, image_column
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -51,6 +52,13 @@ class ImageHashDeduplicateFilter(DedupFilter):
     search = "hamming"
     weight_name = "distance"
     cli_command = "dedup"
+
+    example = Example.on_example_data("ImageHashDeduplicateFilter", """
+        op = ImageHashDeduplicateFilter(method="phash", max_distance=10, keep="first")
+        op.run(storage.step(), input_image_key="image", output_group_key="dup_group")
+        """, rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/scene_02.jpg"],
+        rejected_show=["image", "reason", "duplicate_of", "distance", "detail"],
+        rejected_rows=["images/scene_01_q30.jpg", "images/scene_02_crop.jpg", "images/missing.jpg"])
 
     def __init__(self, method: str = "phash", max_distance: int = 10, transitive: bool = True,
                  keep: str = "first", hash_size: int = 8, draft: bool = True, num_workers: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.docs import Example
 from dataflow.core.images import image_column
 from dataflow.core.operator import Threshold
 from dataflow.core.parallel import ItemResult, map_items
@@ -52,6 +53,13 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
     weight_name = "similarity"
     score_key = "output_score_key"
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
+
+    example = Example.on_example_data("ImageHistogramDeduplicateFilter", """
+        op = ImageHistogramDeduplicateFilter(threshold=0.98, bins=8)
+        op.run(storage.step(), input_image_key="image", output_score_key="max_similarity")
+        """, rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
+        rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
+        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"])
 
     def __init__(self, threshold: float = 0.98, bins: int = 8, transitive: bool = True, keep: str = "first",
                  num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.core.row_filter import RowFilter, Verdict
@@ -46,6 +47,11 @@ class ImageResolutionFilter(RowFilter):
                   Threshold("max_width", "input_width_key", "max", default="width"),
                   Threshold("min_height", "input_height_key", "min", default="height"),
                   Threshold("max_height", "input_height_key", "max", default="height"))
+
+    example = Example.on_example_data("ImageResolutionFilter", """
+        op = ImageResolutionFilter(min_width=64, min_height=64, max_width=4096, max_height=4096)
+        op.run(storage.step(), input_image_key="image")
+        """, show=["image", "caption"], rejected_show=["image", "reason", "width", "height", "detail"])
 
     def __init__(self, min_width: int | None = None, min_height: int | None = None,
                  max_width: int | None = None, max_height: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.images import ERROR_COLUMN
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
@@ -41,6 +42,30 @@ class ImageTextSimilarityFilter(RowFilter):
     description_zh = "保留 CLIP 图文相似度不低于 min_score 的样本；已有 clip_score 列时直接复用。"
     loads_model = True
     thresholds = (Threshold("min_score", "output_score_key", "min", default="clip_score"),)
+
+    example = Example("""
+        from dataflow.operators.core_vision import ImageTextSimilarityFilter
+        from dataflow.utils.storage import FileStorage
+
+        storage = FileStorage("example_data/images.jsonl", cache_path="./cache_docs",
+                              file_name_prefix="docs", cache_type="jsonl")
+        # Step 1 by hand: a clip_score column (made-up values here; ImageTextSimilarityEvaluator computes real ones).
+        step = storage.step()
+        df = step.read("dataframe")
+        df["clip_score"] = 0.20 + (df["id"] * 7 % 13) / 100
+        step.write(df)
+
+        op = ImageTextSimilarityFilter(min_score=0.28)
+        op.run(storage.step(), input_image_key="image", input_text_key="caption", output_score_key="clip_score")
+        """, show=["image", "caption", "clip_score"], rejected_show=["image", "reason", "clip_score"],
+        note="The filter reuses an existing `clip_score` column and then loads no model; the example makes "
+             "one by hand (a manual `read` / `write` step, DataFlow style).",
+        real_use="""
+        from dataflow.operators.core_vision import ImageTextSimilarityFilter
+        # no clip_score column yet: the filter computes it with a local CLIP model
+        op = ImageTextSimilarityFilter(min_score=0.28, model_name="openai/clip-vit-base-patch32", device="cuda")
+        op.run(storage.step(), input_image_key="image", input_text_key="caption", output_score_key="clip_score")
+        """)
 
     def __init__(self, min_score: float = 0.28, model_name: str = "openai/clip-vit-base-patch32",
                  batch_size: int = 32, device: str | None = None, reduce: str = "mean",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.core.row_filter import RowFilter, Verdict, bounds_verdict
@@ -28,6 +29,12 @@ class ScoreRangeFilter(RowFilter):
                    "unless keep_missing.")
     description_zh = "按任意数值列的取值范围过滤行（含边界），缺失值默认剔除。"
     thresholds = (Threshold("min_score", "input_score_key", "min"), Threshold("max_score", "input_score_key", "max"))
+
+    example = Example.on_example_data("ImageMetadataEvaluator, ScoreRangeFilter", """
+        ImageMetadataEvaluator().run(storage.step(), input_image_key="image")
+        op = ScoreRangeFilter(min_score=64, max_score=None)
+        op.run(storage.step(), input_score_key="width")
+        """, show=["image", "width"], rejected_show=["image", "reason", "score_key", "width"])
 
     def __init__(self, min_score: float | None = None, max_score: float | None = None, keep_missing: bool = False):
         if min_score is not None and max_score is not None and min_score > max_score:
