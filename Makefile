@@ -28,6 +28,8 @@ demo: $(VENV)/.base-installed
 	$(BIN)/python pipelines/image_profiling_pipeline.py --cache ./cache_demo
 
 test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

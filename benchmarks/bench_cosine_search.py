@@ -141,8 +141,10 @@ def describe_difference(x: np.ndarray, only_a: set, only_b: set, threshold: floa
         return "identical"
     a, b = np.array(diff).T
     sims = (x[a].astype(np.float64) * x[b].astype(np.float64)).sum(axis=1)
-    return (f"{len(only_a)} only in ours, {len(only_b)} only in the other; all within "
-            f"{np.abs(sims - threshold).max():.2e} of the threshold (float32 rounding of the other method)")
+    return (
+        f"{len(only_a)} only in ours, {len(only_b)} only in the other; all within "
+        f"{np.abs(sims - threshold).max():.2e} of the threshold (float32 rounding of the other method)"
+    )
 
 
 def main() -> None:
@@ -152,7 +154,9 @@ def main() -> None:
     parser.add_argument("--sklearn-n", type=int, default=20_000)
     parser.add_argument("--faiss-queries", type=int, default=5_000)
     parser.add_argument("--methods", default="ours,sklearn,faiss")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of ours (fresh process each); best and all reported")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of ours (fresh process each); best and all reported"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -162,8 +166,10 @@ def main() -> None:
         x = make_data(args.n, seed=args.seed)
         data = tmp / "x.npy"
         np.save(data, x)
-        print(f"data: {args.n} x {x.shape[1]} float32 ({x.nbytes / 2**20:.0f} MiB), threshold {args.threshold}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"data: {args.n} x {x.shape[1]} float32 ({x.nbytes / 2**20:.0f} MiB), threshold {args.threshold}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
 
         results: dict[str, dict] = {}
         if "ours" in methods:
@@ -171,11 +177,13 @@ def main() -> None:
             ok = [r for r in runs if "error" not in r]
             best = min(ok, key=lambda r: r["seconds"]) if ok else runs[0]
             results["ours"] = best
-            print(f"ours (N={args.n}): {best.get('seconds', float('nan')):.2f} s "
-                  f"(CPU {best.get('cpu_seconds', float('nan')):.1f} s), peak RSS "
-                  f"{best.get('peak_rss_mb', float('nan')):.0f} MiB, {best.get('pairs')} pairs"
-                  + ("  [runs: " + ", ".join(f"{r['seconds']:.2f}" for r in ok) + " s]" if len(ok) > 1 else "")
-                  + (f"  ERROR {best['error']}" if "error" in best else ""))
+            print(
+                f"ours (N={args.n}): {best.get('seconds', float('nan')):.2f} s "
+                f"(CPU {best.get('cpu_seconds', float('nan')):.1f} s), peak RSS "
+                f"{best.get('peak_rss_mb', float('nan')):.0f} MiB, {best.get('pairs')} pairs"
+                + ("  [runs: " + ", ".join(f"{r['seconds']:.2f}" for r in ok) + " s]" if len(ok) > 1 else "")
+                + (f"  ERROR {best['error']}" if "error" in best else "")
+            )
 
         if "sklearn" in methods:
             m = min(args.sklearn_n, args.n)
@@ -187,16 +195,20 @@ def main() -> None:
                 print(f"sklearn: ERROR {r['error']}")
             else:
                 scale = (args.n / m) ** 2
-                print(f"sklearn cosine_similarity (full matrix, N={m}): {r['seconds']:.2f} s "
-                      f"(CPU {r['cpu_seconds']:.1f} s), peak RSS "
-                      f"{r['peak_rss_mb']:.0f} MiB, {r['pairs']} pairs; extrapolated to N={args.n} (x{scale:.0f}, "
-                      f"quadratic): ~{r['seconds'] * scale:.0f} s and ~{args.n**2 * 4 / 2**30:.0f} GiB for the matrix")
+                print(
+                    f"sklearn cosine_similarity (full matrix, N={m}): {r['seconds']:.2f} s "
+                    f"(CPU {r['cpu_seconds']:.1f} s), peak RSS "
+                    f"{r['peak_rss_mb']:.0f} MiB, {r['pairs']} pairs; extrapolated to N={args.n} (x{scale:.0f}, "
+                    f"quadratic): ~{r['seconds'] * scale:.0f} s and ~{args.n**2 * 4 / 2**30:.0f} GiB for the matrix"
+                )
                 r_ours = run_child("ours", sub, args.threshold, tmp / "ours_sub.npy")
                 ours_pairs, sk_pairs = pair_set(tmp / "ours_sub.npy"), pair_set(tmp / "sklearn.npy")
-                print(f"  ours on the same N={m}: {r_ours['seconds']:.2f} s (CPU {r_ours['cpu_seconds']:.1f} s), "
-                      f"peak RSS {r_ours['peak_rss_mb']:.0f} MiB "
-                      f"(speed-up x{r['seconds'] / r_ours['seconds']:.1f}); pair sets: "
-                      + describe_difference(x[:m], ours_pairs - sk_pairs, sk_pairs - ours_pairs, args.threshold))
+                print(
+                    f"  ours on the same N={m}: {r_ours['seconds']:.2f} s (CPU {r_ours['cpu_seconds']:.1f} s), "
+                    f"peak RSS {r_ours['peak_rss_mb']:.0f} MiB "
+                    f"(speed-up x{r['seconds'] / r_ours['seconds']:.1f}); pair sets: "
+                    + describe_difference(x[:m], ours_pairs - sk_pairs, sk_pairs - ours_pairs, args.threshold)
+                )
 
         if "faiss" in methods:
             r = run_child("faiss", data, args.threshold, tmp / "faiss.npy", str(args.faiss_queries), str(args.seed))
@@ -205,16 +217,20 @@ def main() -> None:
                 print(f"faiss: ERROR {r['error']}")
             else:
                 scale = args.n / args.faiss_queries
-                print(f"faiss IndexFlatIP.range_search ({args.faiss_queries} queries x N={args.n}): {r['seconds']:.2f} s "
-                      f"(CPU {r['cpu_seconds']:.1f} s), "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MiB; extrapolated to all {args.n} queries (x{scale:.0f}, "
-                      f"linear): ~{r['seconds'] * scale:.0f} s")
+                print(
+                    f"faiss IndexFlatIP.range_search ({args.faiss_queries} queries x N={args.n}): {r['seconds']:.2f} s "
+                    f"(CPU {r['cpu_seconds']:.1f} s), "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MiB; extrapolated to all {args.n} queries (x{scale:.0f}, "
+                    f"linear): ~{r['seconds'] * scale:.0f} s"
+                )
                 if (tmp / "ours.npy").exists():
                     q = set(np.load(tmp / "faiss.npy.queries.npy").tolist())
                     ours_q = {p for p in pair_set(tmp / "ours.npy") if p[0] in q or p[1] in q}
                     fa = pair_set(tmp / "faiss.npy")
-                    print("  pairs touching the sampled queries, ours vs faiss: "
-                          + describe_difference(x, ours_q - fa, fa - ours_q, args.threshold))
+                    print(
+                        "  pairs touching the sampled queries, ours vs faiss: "
+                        + describe_difference(x, ours_q - fa, fa - ours_q, args.threshold)
+                    )
         print(json.dumps(results))
 
 

@@ -57,12 +57,12 @@ def _flip_masks(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
     out = np.zeros(counts.shape[0], dtype=np.uint64)
     bits = np.uint64(1) << np.arange(64, dtype=np.uint64)
     for lo in range(0, counts.shape[0], 50_000):
-        k = counts[lo:lo + 50_000]
+        k = counts[lo : lo + 50_000]
         r = rng.random((k.shape[0], 64))
         # The k smallest of 64 random keys pick k distinct bits.
         kth = np.sort(r, axis=1)[np.arange(k.shape[0]), np.maximum(k, 1) - 1]
         chosen = (r <= kth[:, None]) & (k[:, None] > 0)
-        out[lo:lo + 50_000] = np.bitwise_or.reduce(np.where(chosen, bits, np.uint64(0)), axis=1)
+        out[lo : lo + 50_000] = np.bitwise_or.reduce(np.where(chosen, bits, np.uint64(0)), axis=1)
     return out
 
 
@@ -81,7 +81,7 @@ def make_hashes(kind: str, n: int, seed: int = 0) -> np.ndarray:
         m = int(n * 0.15)
         variants = centres[rng.integers(0, centres.shape[0], m)] ^ _flip_masks(rng, rng.integers(1, 9, m))
         rest = n - flat.shape[0] - near_flat.shape[0] - m
-        parts = [flat, near_flat, variants, random[n - rest:]]
+        parts = [flat, near_flat, variants, random[n - rest :]]
     else:
         raise ValueError(f"unknown kind {kind!r}")
     hashes = np.concatenate(parts)
@@ -201,8 +201,14 @@ def child(method: str, kind: str, n: int, t: int) -> None:
     result.setdefault("cpu_seconds", _cpu_seconds() - cpu0)
     digest = result.pop("digest")
     result.update(
-        method=method, kind=kind, n=n, t=t, pairs=digest.pairs, sha256=digest.sha.hexdigest(),
-        peak_mb=_peak_mb(), data_mb=data_mb,
+        method=method,
+        kind=kind,
+        n=n,
+        t=t,
+        pairs=digest.pairs,
+        sha256=digest.sha.hexdigest(),
+        peak_mb=_peak_mb(),
+        data_mb=data_mb,
     )
     print(json.dumps(result))
 
@@ -224,8 +230,12 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["planted", "clustered"])
     parser.add_argument("--methods", nargs="+", default=["ours", "faiss", "brute"])
     parser.add_argument("--distance", type=int, default=10)
-    parser.add_argument("--baseline-budget", type=float, default=360.0,
-                        help="run a baseline only when its estimated seconds are below this")
+    parser.add_argument(
+        "--baseline-budget",
+        type=float,
+        default=360.0,
+        help="run a baseline only when its estimated seconds are below this",
+    )
     parser.add_argument("--out", help="append JSON lines of results here")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "KIND", "N", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,14 +261,29 @@ def main() -> None:
     for kind in args.kinds:
         for n in sorted(args.sizes):
             for method in args.methods:
-                smallest = [r for r in results if r.get("method") == method and r.get("kind") == kind
-                            and "seconds" in r and not r.get("extrapolated")]
+                smallest = [
+                    r
+                    for r in results
+                    if r.get("method") == method
+                    and r.get("kind") == kind
+                    and "seconds" in r
+                    and not r.get("extrapolated")
+                ]
                 if method != "ours" and smallest:
                     ref = min(smallest, key=lambda r: r["n"])
                     estimate = ref["seconds"] * (n / ref["n"]) ** 2
                     if estimate > args.baseline_budget:
-                        record({"method": method, "kind": kind, "n": n, "t": t, "seconds": estimate,
-                                "extrapolated": True, "from_n": ref["n"]})
+                        record(
+                            {
+                                "method": method,
+                                "kind": kind,
+                                "n": n,
+                                "t": t,
+                                "seconds": estimate,
+                                "extrapolated": True,
+                                "from_n": ref["n"],
+                            }
+                        )
                         continue
                 record(_spawn([method, kind, str(n), str(t)]))
 
@@ -268,16 +293,23 @@ def main() -> None:
     for row in results:
         if row["method"] == "compile":
             continue
-        ours = next((r for r in results if r["method"] == "ours" and r["kind"] == row["kind"]
-                     and r["n"] == row["n"]), None)
+        ours = next(
+            (r for r in results if r["method"] == "ours" and r["kind"] == row["kind"] and r["n"] == row["n"]), None
+        )
         same = "-" if row.get("extrapolated") or ours is None else str(row["sha256"] == ours["sha256"])
         ratio = f"{row['seconds'] / ours['seconds']:.1f}" if ours else "-"
-        seconds = f"~{row['seconds']:.0f} (extrapolated from n={row['from_n']})" if row.get("extrapolated") \
+        seconds = (
+            f"~{row['seconds']:.0f} (extrapolated from n={row['from_n']})"
+            if row.get("extrapolated")
             else f"{row['seconds']:.2f}"
+        )
         peak = "-" if row.get("extrapolated") else f"{row['peak_mb']:.0f}"
         cpu = "-" if row.get("extrapolated") else f"{row['cpu_seconds']:.1f}"
         pairs = "-" if row.get("extrapolated") else f"{row['pairs']:,}"
-        print(f"| {row['kind']} | {row['n']:,} | {row['method']} | {seconds} | {cpu} | {peak} | {pairs} | {same} | {ratio} |")
+        print(
+            f"| {row['kind']} | {row['n']:,} | {row['method']} | {seconds} | {cpu} | {peak} | {pairs} | "
+            f"{same} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

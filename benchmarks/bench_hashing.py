@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import imagehash
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataflow.media import load_image  # noqa: E402
-from dataflow.algorithms.hashing import draft_size, phash, to_hash_input  # noqa: E402
+from dataflow.algorithms.hashing import draft_size, phash, to_hash_input
+from dataflow.media import load_image
 
 DATASETS = {"large_jpeg (12 x 6 MP)": "large_jpeg", "coco_captions (363, ~640x480)": "coco_captions/images"}
 
@@ -114,13 +114,13 @@ def main() -> None:
         for path in paths:  # warm the page cache so the first method is not charged for disk reads
             path.read_bytes()
         runs = {
-            "a": lambda: ours(paths, draft),
-            "b": lambda: ours(paths, None),
-            "c": lambda: imagehash_per_image(paths),
+            "a": lambda paths=paths: ours(paths, draft),
+            "b": lambda paths=paths: ours(paths, None),
+            "c": lambda paths=paths: imagehash_per_image(paths),
         }
         if PHash is not None:
             encoder = PHash(verbose=False)
-            runs["d"] = lambda: len(encoder.encode_images(str(directory), num_enc_workers=1))
+            runs["d"] = lambda e=encoder, d=directory: len(e.encode_images(str(d), num_enc_workers=1))
         measured = {key: best_rates(run, args.repeat) for key, run in runs.items()}
         for i, rows_of_kind in enumerate(rows.values()):
             rows_of_kind.append(table_row(label, {key: pair[i] for key, pair in measured.items()}))

@@ -45,8 +45,10 @@ def _cpu_seconds() -> float:
 
 def _peaks() -> dict:
     # ru_maxrss is in KiB on Linux. RUSAGE_CHILDREN is the largest reaped child (a worker process).
-    return {"rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def child_ours(paths: list[str], workers: int) -> dict:
@@ -95,8 +97,18 @@ def repeated(paths: list[Path], times: int, into: Path) -> list[str]:
 
 
 def run_child(python: str, kind: str, list_file: Path, workers: int, issues: str) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--list", str(list_file),
-           "--workers", str(workers), "--cleanvision-issues", issues]
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--list",
+        str(list_file),
+        "--workers",
+        str(workers),
+        "--cleanvision-issues",
+        issues,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DATAFLOW_PROGRESS": "0"})
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
@@ -109,8 +121,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="times the 12 large JPEGs are listed (default 4)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration; the best is kept")
     parser.add_argument("--workers", default="2,1", help="worker counts to compare (default 2,1)")
-    parser.add_argument("--quality-python", default=str(REPO / ".venv-quality" / "bin" / "python"),
-                        help="interpreter with cleanvision installed")
+    parser.add_argument(
+        "--quality-python",
+        default=str(REPO / ".venv-quality" / "bin" / "python"),
+        help="interpreter with cleanvision installed",
+    )
     parser.add_argument("--cleanvision-issues", choices=["all", "properties"], default="all")
     parser.add_argument("--skip-cleanvision", action="store_true")
     parser.add_argument("--child", choices=["ours", "cleanvision"], help=argparse.SUPPRESS)
@@ -121,8 +136,11 @@ def main() -> None:
         paths = Path(args.list).read_text().split("\n")
         paths = [p for p in paths if p]
         workers = int(args.workers)
-        result = (child_ours(paths, workers) if args.child == "ours"
-                  else child_cleanvision(paths, workers, args.cleanvision_issues))
+        result = (
+            child_ours(paths, workers)
+            if args.child == "ours"
+            else child_cleanvision(paths, workers, args.cleanvision_issues)
+        )
         print(json.dumps(result))
         return
 
@@ -130,21 +148,28 @@ def main() -> None:
     worker_counts = [int(w) for w in args.workers.split(",")]
     have_cleanvision = not args.skip_cleanvision and Path(args.quality_python).exists()
     if not args.skip_cleanvision and not have_cleanvision:
-        print(f"cleanvision interpreter not found at {args.quality_python}; comparing nothing (see --help)",
-              file=sys.stderr)
-    print(f"machine: {os.cpu_count()} cores visible, {len(os.sched_getaffinity(0))} usable; "
-          f"load average {os.getloadavg()[0]:.1f} at start; best of {args.rounds} rounds")
+        print(
+            f"cleanvision interpreter not found at {args.quality_python}; comparing nothing (see --help)",
+            file=sys.stderr,
+        )
+    print(
+        f"machine: {os.cpu_count()} cores visible, {len(os.sched_getaffinity(0))} usable; "
+        f"load average {os.getloadavg()[0]:.1f} at start; best of {args.rounds} rounds"
+    )
     print(f"cleanvision issue types: {args.cleanvision_issues}\n")
-    print(f"{'data set':31} {'workers':>7} | {'images per second (wall)':^33} | "
-          f"{'images per CPU-second':^33} | peak RSS MB, main/worker")
-    print(f"{'':31} {'':>7} | {'dataflow':>10} {'cleanvision':>12} {'ratio':>8} | "
-          f"{'dataflow':>10} {'cleanvision':>12} {'ratio':>8} | dataflow | cleanvision")
+    print(
+        f"{'data set':31} {'workers':>7} | {'images per second (wall)':^33} | "
+        f"{'images per CPU-second':^33} | peak RSS MB, main/worker"
+    )
+    print(
+        f"{'':31} {'':>7} | {'dataflow':>10} {'cleanvision':>12} {'ratio':>8} | "
+        f"{'dataflow':>10} {'cleanvision':>12} {'ratio':>8} | dataflow | cleanvision"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sets = {
             "coco_captions (363, ~640x480)": [str(p) for p in list_images(data / "coco_captions" / "images")],
-            f"large_jpeg (12 x 6 MP) x {args.repeat}": repeated(list_images(data / "large_jpeg"), args.repeat,
-                                                                 tmp),
+            f"large_jpeg (12 x 6 MP) x {args.repeat}": repeated(list_images(data / "large_jpeg"), args.repeat, tmp),
         }
         for n, (name, paths) in enumerate(sets.items()):
             list_file = tmp / f"set{n}.txt"
@@ -169,11 +194,16 @@ def main() -> None:
                 def cols(rates: dict) -> str:
                     if "cleanvision" not in rates:
                         return f"{rates['dataflow']:>10.1f} {'-':>12} {'-':>8}"
-                    return (f"{rates['dataflow']:>10.1f} {rates['cleanvision']:>12.1f} "
-                            f"{rates['dataflow'] / rates['cleanvision']:>7.1f}x")
+                    return (
+                        f"{rates['dataflow']:>10.1f} {rates['cleanvision']:>12.1f} "
+                        f"{rates['dataflow'] / rates['cleanvision']:>7.1f}x"
+                    )
 
-                print(f"{name:31} {workers:>7} | {cols(wall)} | {cols(cpu)} | {mem['dataflow']:>8} | "
-                      f"{mem.get('cleanvision', '-')}", flush=True)
+                print(
+                    f"{name:31} {workers:>7} | {cols(wall)} | {cols(cpu)} | {mem['dataflow']:>8} | "
+                    f"{mem.get('cleanvision', '-')}",
+                    flush=True,
+                )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

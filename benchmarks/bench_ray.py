@@ -17,6 +17,7 @@ the measured run. Every Ray result is checked against the local engine's (same k
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -33,10 +34,9 @@ os.environ.setdefault("DATAFLOW_PROGRESS", "0")
 os.environ.setdefault("DATAFLOW_LOG_LEVEL", "WARNING")
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
-from dataflow.operators.core_vision import (ImageHashDeduplicateFilter, ImageMetadataEvaluator,  # noqa: E402
-                                            ImageQualityEvaluator)
-from dataflow.pipeline import PipelineABC  # noqa: E402
-from dataflow.utils.storage import FileStorage  # noqa: E402
+from dataflow.operators.core_vision import ImageHashDeduplicateFilter, ImageMetadataEvaluator, ImageQualityEvaluator
+from dataflow.pipeline import PipelineABC
+from dataflow.utils.storage import FileStorage
 
 REPO = Path(__file__).resolve().parents[1]
 COCO = REPO.parent / "shared" / "data" / "coco_captions" / "images"
@@ -46,8 +46,9 @@ def synthetic_hashes(n: int, seed: int = 0) -> pd.DataFrame:
     """``n`` rows: 70% random hashes, 25% near copies of earlier rows (1-4 bits), 5% exact copies."""
     rng = np.random.default_rng(seed)
     n_roots, n_near = int(n * 0.70), int(n * 0.25)
-    roots = rng.integers(0, 2**63, n_roots, dtype=np.int64).astype(np.uint64) * np.uint64(2) + \
-        rng.integers(0, 2, n_roots).astype(np.uint64)
+    roots = rng.integers(0, 2**63, n_roots, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, n_roots
+    ).astype(np.uint64)
     src = roots[rng.integers(0, n_roots, n_near)]
     flips = rng.integers(1, 5, n_near)
     near = src.copy()
@@ -89,13 +90,23 @@ def _signature(storage: FileStorage, n: int) -> tuple:
     """What must be identical between engines: rows of every step, rejected rows and reasons."""
     out = []
     for s in range(1, n + 1):
-        st = FileStorage(storage.first_entry_file_name, cache_path=storage.cache_path,
-                         file_name_prefix=storage.file_name_prefix, cache_type="parquet")
+        st = FileStorage(
+            storage.first_entry_file_name,
+            cache_path=storage.cache_path,
+            file_name_prefix=storage.file_name_prefix,
+            cache_type="parquet",
+        )
         st.operator_step = s
         df = st.read()
         rej = st.read_rejected(s)
-        out.append((len(df), int(pd.util.hash_pandas_object(df, index=False).sum()), len(rej),
-                    json.dumps(st.manifest(s)["rejected_reasons"], sort_keys=True)))
+        out.append(
+            (
+                len(df),
+                int(pd.util.hash_pandas_object(df, index=False).sum()),
+                len(rej),
+                json.dumps(st.manifest(s)["rejected_reasons"], sort_keys=True),
+            )
+        )
     return tuple(out)
 
 
@@ -131,11 +142,24 @@ def _timed(run_once, repeat: int) -> tuple[list[float], object, list[str]]:
 
 
 def _row(engine: str, walls: list[float], pipeline, n_steps: int, passes: list[str]) -> dict:
-    return {"engine": engine, "wall_s": walls, "best_s": min(walls), "median_s": float(np.median(walls)),
-            "steps": [{"operator": m["operator"], "seconds": m["seconds"], "rows_in": m["rows_in"],
-                       "rows_out": m["rows_out"], "rows_rejected": m["rows_rejected"]}
-                      for m in _steps(pipeline.storage, n_steps)],
-            "passes": passes, "signature": _signature(pipeline.storage, n_steps)}
+    return {
+        "engine": engine,
+        "wall_s": walls,
+        "best_s": min(walls),
+        "median_s": float(np.median(walls)),
+        "steps": [
+            {
+                "operator": m["operator"],
+                "seconds": m["seconds"],
+                "rows_in": m["rows_in"],
+                "rows_out": m["rows_out"],
+                "rows_rejected": m["rows_rejected"],
+            }
+            for m in _steps(pipeline.storage, n_steps)
+        ],
+        "passes": passes,
+        "signature": _signature(pipeline.storage, n_steps),
+    }
 
 
 def run_local(make, work: Path, n_steps: int, repeat: int) -> dict:
@@ -195,9 +219,11 @@ def bench(name: str, make, warm, work: Path, n_steps: int, cpus: list[int], repe
         row["load_before"] = load
         row["identical_to_local"] = row["signature"] == rows[0]["signature"]
         rows.append(row)
-        print(f"{name}: {row['engine']}: best {row['best_s']} s of {row['wall_s']} (start {row['ray_start_s']} s, "
-              f"warm-up {row['warmup_s']} s, load {load}), identical to local: {row['identical_to_local']}",
-              flush=True)
+        print(
+            f"{name}: {row['engine']}: best {row['best_s']} s of {row['wall_s']} (start {row['ray_start_s']} s, "
+            f"warm-up {row['warmup_s']} s, load {load}), identical to local: {row['identical_to_local']}",
+            flush=True,
+        )
     for row in rows:
         row.pop("signature")
     return rows
@@ -210,20 +236,28 @@ def main() -> int:
     parser.add_argument("--photos", default=str(COCO))
     parser.add_argument("--skip-hashes", action="store_true")
     parser.add_argument("--skip-photos", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3, help="measured runs per configuration (best and median "
-                        "are reported: the machine may be shared)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="measured runs per configuration (best and median are reported: the machine may be shared)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         print("Ray is not installed: pip install 'dataflow[ray]'", file=sys.stderr)
         return 2
     import ray
 
-    results = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
-                           "ray": ray.__version__, "load_average_at_start": _load()},
-               "command": " ".join(["python", *sys.argv])}
+    results = {
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": sys.version.split()[0],
+            "ray": ray.__version__,
+            "load_average_at_start": _load(),
+        },
+        "command": " ".join(["python", *sys.argv]),
+    }
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         work = Path(tmp)
         if not args.skip_hashes:
@@ -233,9 +267,19 @@ def main() -> int:
             small = work / "hashes_small.parquet"
             synthetic_hashes(2000, seed=1).to_parquet(small)
             print(f"{args.hashes} synthetic hashes written in {time.perf_counter() - t0:.1f} s", flush=True)
-            results["phash_dedup"] = {"rows": args.hashes, "max_distance": 10, "runs": bench(
-                "phash dedup", lambda c: HashDedup(src, c), lambda c: HashDedup(small, c), work, 1, args.cpus,
-                args.repeat)}
+            results["phash_dedup"] = {
+                "rows": args.hashes,
+                "max_distance": 10,
+                "runs": bench(
+                    "phash dedup",
+                    lambda c: HashDedup(src, c),
+                    lambda c: HashDedup(small, c),
+                    work,
+                    1,
+                    args.cpus,
+                    args.repeat,
+                ),
+            }
         if not args.skip_photos:
             photos = Path(args.photos)
             if not photos.is_dir():
@@ -246,9 +290,18 @@ def main() -> int:
                 for p in sorted(photos.iterdir())[:8]:
                     os.symlink(p, few / p.name)
                 n = sum(1 for p in photos.iterdir() if p.is_file())
-                results["quality"] = {"images": n, "runs": bench(
-                    "quality evaluators", lambda c: Quality(photos, c), lambda c: Quality(few, c), work, 2,
-                    args.cpus, args.repeat)}
+                results["quality"] = {
+                    "images": n,
+                    "runs": bench(
+                        "quality evaluators",
+                        lambda c: Quality(photos, c),
+                        lambda c: Quality(few, c),
+                        work,
+                        2,
+                        args.cpus,
+                        args.repeat,
+                    ),
+                }
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PIPELINE = r'''
+PIPELINE = r"""
 import resource, sys, time
 import numpy as np, pandas as pd
 from dataflow.operators.core_vision import ImageAspectRatioFilter, ImageResolutionFilter, ScoreRangeFilter
@@ -52,17 +52,24 @@ seconds = time.perf_counter() - t0
 out = [p.storage.manifest(i) for i in (1, 2, 3)]
 print({"seconds": round(seconds, 2), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
        "rows": [(m["rows_in"], m["rows_out"], m["rows_rejected"]) for m in out]})
-'''
+"""
 
 
 def run_pipeline(rows: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-c", PIPELINE, str(rows), tmp], capture_output=True, text=True,
-                              env={"DATAFLOW_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin",
-                                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        proc = subprocess.run(
+            [sys.executable, "-c", PIPELINE, str(rows), tmp],
+            capture_output=True,
+            text=True,
+            env={
+                "DATAFLOW_LOG_LEVEL": "WARNING",
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            },
+        )
         if proc.returncode:
             raise SystemExit(proc.stderr)
-        return eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess's dict literal
+        return eval(proc.stdout.strip().splitlines()[-1])  # our own subprocess's dict literal
 
 
 def list_folder(files: int) -> dict:
@@ -78,8 +85,11 @@ def list_folder(files: int) -> dict:
         df = FileStorage(root, cache_path=Path(tmp) / "c").step().read()
         seconds = time.perf_counter() - t0
         assert len(df) == files
-        return {"files": files, "seconds": round(seconds, 2),
-                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+        return {
+            "files": files,
+            "seconds": round(seconds, 2),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        }
 
 
 def main() -> None:

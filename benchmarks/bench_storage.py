@@ -26,7 +26,8 @@ Usage::
 
     .venv/bin/python benchmarks/bench_storage.py                    # 1,000,000 rows, all methods
     .venv/bin/python benchmarks/bench_storage.py --rows 20000       # quick run
-    .venv/bin/python benchmarks/bench_storage.py --methods fs_parquet,fs_jsonl --baseline-json res.jsonl  # res.jsonl from --save
+    # res.jsonl from --save:
+    .venv/bin/python benchmarks/bench_storage.py --methods fs_parquet,fs_jsonl --baseline-json res.jsonl
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ SEED = 1234
 
 # ---------------------------------------------------------------- the data
 
+
 def generate(rows: int):
     """The benchmark table, deterministic in ``rows``; strings built by Arrow compute, not a Python loop."""
     import numpy as np
@@ -61,9 +63,45 @@ def generate(rows: int):
 
     rng = np.random.default_rng(SEED)
     ids = np.arange(rows, dtype=np.int64)
-    words = pa.array("a an the photo of cat dog red blue small large on in with near street beach mountain "
-                     "city night sunset portrait close-up vintage painting of woman man child car tree river "
-                     "snow light dark".split())
+    words = pa.array(
+        [
+            "a",
+            "an",
+            "the",
+            "photo",
+            "of",
+            "cat",
+            "dog",
+            "red",
+            "blue",
+            "small",
+            "large",
+            "on",
+            "in",
+            "with",
+            "near",
+            "street",
+            "beach",
+            "mountain",
+            "city",
+            "night",
+            "sunset",
+            "portrait",
+            "close-up",
+            "vintage",
+            "painting",
+            "of",
+            "woman",
+            "man",
+            "child",
+            "car",
+            "tree",
+            "river",
+            "snow",
+            "light",
+            "dark",
+        ]
+    )
     n_words = rng.integers(4, 12, size=rows)
     offsets = np.concatenate([[0], np.cumsum(n_words)]).astype(np.int64)
     picks = words.take(pa.array(rng.integers(0, len(words), size=int(offsets[-1]))))
@@ -72,14 +110,16 @@ def generate(rows: int):
     shard = pc.utf8_lpad(pa.array(ids % 1000).cast(pa.string()), 3, "0")
     images = pc.binary_join_element_wise("images/", shard, "/", padded, ".jpg", "")  # images/042/00001042.jpg
     emb = rng.random((rows, DIM))  # uniform [0, 1): full 17-digit floats, ~3x cheaper to draw than normals
-    return pd.DataFrame({
-        "id": ids,
-        "image": pd.Series(images.to_pandas(), dtype="str"),
-        "caption": pd.Series(captions.to_pandas(), dtype="str"),
-        "width": rng.integers(256, 4097, size=rows, dtype=np.int64),
-        "height": rng.integers(256, 4097, size=rows, dtype=np.int64),
-        "embedding": list(emb),  # one float64 ndarray of 64 per cell (views of one 2-D array)
-    })
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "image": pd.Series(images.to_pandas(), dtype="str"),
+            "caption": pd.Series(captions.to_pandas(), dtype="str"),
+            "width": rng.integers(256, 4097, size=rows, dtype=np.int64),
+            "height": rng.integers(256, 4097, size=rows, dtype=np.int64),
+            "embedding": list(emb),  # one float64 ndarray of 64 per cell (views of one 2-D array)
+        }
+    )
 
 
 def add_step1(df):
@@ -94,6 +134,7 @@ def add_step2(df):
 
 
 # ---------------------------------------------------------------- one method, in its own process
+
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -138,8 +179,18 @@ def run_method(method: str, rows: int, workdir: Path) -> dict:
             del d, s
             timings[f"step{i}_s"] = time.perf_counter() - t
         final = storage.step_path(2)
-        reader = lambda: FileStorage(src, cache_path=workdir / "cache", file_name_prefix="bench",  # noqa: E731
-                                     cache_type=kind).step().step().step().read("dataframe")
+        reader = lambda: (
+            FileStorage(
+                src,
+                cache_path=workdir / "cache",
+                file_name_prefix="bench",
+                cache_type=kind,
+            )
+            .step()
+            .step()
+            .step()
+            .read("dataframe")
+        )
     else:
         ext = "jsonl" if method == "pandas_jsonl" else "parquet"
 
@@ -163,7 +214,7 @@ def run_method(method: str, rows: int, workdir: Path) -> dict:
             del d
             timings[f"step{i}_s"] = time.perf_counter() - t
         final = paths[2]
-        reader = lambda: read(final)  # noqa: E731
+        reader = lambda: read(final)
 
     total, cpu = time.perf_counter() - t0, _cpu_s() - c0
     peak = _peak_mb()
@@ -171,9 +222,18 @@ def run_method(method: str, rows: int, workdir: Path) -> dict:
     out = reader()
     timings["verify_read_s"] = time.perf_counter() - t
     problems = verify(out, originals, sample_idx, rows)
-    return {"method": method, "rows": rows, "total_s": total, "cpu_s": cpu, "peak_MB": peak, **timings,
-            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "file_MB": final.stat().st_size / 2**20, "types_ok": not problems, "problems": problems[:10]}
+    return {
+        "method": method,
+        "rows": rows,
+        "total_s": total,
+        "cpu_s": cpu,
+        "peak_MB": peak,
+        **timings,
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "file_MB": final.stat().st_size / 2**20,
+        "types_ok": not problems,
+        "problems": problems[:10],
+    }
 
 
 def verify(out, originals, sample_idx, rows: int) -> list[str]:
@@ -221,8 +281,10 @@ def verify(out, originals, sample_idx, rows: int) -> list[str]:
         emb_got = np.array([np.asarray(v, dtype=float) for v in got["embedding"]])
         emb_orig = np.stack(orig["embedding"].to_list())
         if not np.array_equal(emb_got, emb_orig):
-            problems.append(f"embedding: sampled values differ from the originals (max abs error "
-                            f"{np.abs(emb_got - emb_orig).max():.1e})")
+            problems.append(
+                f"embedding: sampled values differ from the originals (max abs error "
+                f"{np.abs(emb_got - emb_orig).max():.1e})"
+            )
     except ValueError as exc:
         problems.append(f"embedding: {exc}")
     for name in ("id", "width", "height", "n_pixels"):
@@ -233,6 +295,7 @@ def verify(out, originals, sample_idx, rows: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- driver
+
 
 def _child(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench_storage_{args.child}_", dir=args.tmp))
@@ -248,9 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--tmp", default=None, help="folder for the step files (default: the system temp dir)")
-    ap.add_argument("--baseline-json", default=None,
-                    help="reuse a saved baseline result (a JSON line printed by an earlier run) instead of "
-                         "rerunning it; only for the same --rows on the same machine")
+    ap.add_argument(
+        "--baseline-json",
+        default=None,
+        help="reuse a saved baseline result (a JSON line printed by an earlier run) instead of "
+        "rerunning it; only for the same --rows on the same machine",
+    )
     ap.add_argument("--save", default=None, help="append each result as a JSON line to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -280,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode or line is None:
             print(proc.stdout + proc.stderr, file=sys.stderr)
             raise SystemExit(f"{m} failed (exit {proc.returncode})")
-        results[m] = json.loads(line[len("RESULT "):])
+        results[m] = json.loads(line[len("RESULT ") :])
         if args.save:
             with open(args.save, "a") as fh:
                 fh.write(json.dumps(results[m]) + "\n")
@@ -291,25 +357,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(results: dict[str, dict], rows: int) -> None:
     base = results.get(BASELINE)
-    print(f"\n{rows:,} rows, 2 steps; total_s includes generation + writing the input; "
-          f"peak = ru_maxrss of the method's own subprocess; baseline = {BASELINE}")
-    head = (f"{'method':<16}{'total_s':>9}{'cpu_s':>8}{'gen_s':>7}{'input_s':>8}{'step1_s':>8}{'step2_s':>8}"
-            f"{'peak_MB':>9}{'file_MB':>9}{'speedup':>9}{'cpu_ratio':>10}{'mem_ratio':>10}  types")
+    print(
+        f"\n{rows:,} rows, 2 steps; total_s includes generation + writing the input; "
+        f"peak = ru_maxrss of the method's own subprocess; baseline = {BASELINE}"
+    )
+    head = (
+        f"{'method':<16}{'total_s':>9}{'cpu_s':>8}{'gen_s':>7}{'input_s':>8}{'step1_s':>8}{'step2_s':>8}"
+        f"{'peak_MB':>9}{'file_MB':>9}{'speedup':>9}{'cpu_ratio':>10}{'mem_ratio':>10}  types"
+    )
     print(head)
     print("-" * len(head))
     for m, r in results.items():
         speed = f"{base['total_s'] / r['total_s']:.1f}x" if base else "-"
         mem = f"{r['peak_MB'] / base['peak_MB']:.2f}" if base else "-"
         cpu = f"{base['cpu_s'] / r['cpu_s']:.1f}x" if base and "cpu_s" in base else "-"
-        print(f"{m:<16}{r['total_s']:>9.2f}{r.get('cpu_s', float('nan')):>8.2f}{r['generate_s']:>7.2f}{r['write_input_s']:>8.2f}{r['step1_s']:>8.2f}"
-              f"{r['step2_s']:>8.2f}{r['peak_MB']:>9.0f}{r['file_MB']:>9.0f}{speed:>9}{cpu:>10}{mem:>10}  "
-              f"{'ok' if r['types_ok'] else 'LOST: ' + '; '.join(r['problems'])}")
+        print(
+            f"{m:<16}{r['total_s']:>9.2f}{r.get('cpu_s', float('nan')):>8.2f}{r['generate_s']:>7.2f}"
+            f"{r['write_input_s']:>8.2f}{r['step1_s']:>8.2f}"
+            f"{r['step2_s']:>8.2f}{r['peak_MB']:>9.0f}{r['file_MB']:>9.0f}{speed:>9}{cpu:>10}{mem:>10}  "
+            f"{'ok' if r['types_ok'] else 'LOST: ' + '; '.join(r['problems'])}"
+        )
     loads = [x for r in results.values() for x in r.get("loadavg_1min", [])]
     if loads:
-        print(f"(1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on "
-              f"{os.cpu_count()} CPUs)")
-    print("(speedup = baseline total_s / method total_s; cpu_ratio = the same for cpu_s, user+sys of the "
-          "subprocess, steadier than wall time on a shared machine; mem_ratio = method peak / baseline peak)")
+        print(f"(1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs)")
+    print(
+        "(speedup = baseline total_s / method total_s; cpu_ratio = the same for cpu_s, user+sys of the "
+        "subprocess, steadier than wall time on a shared machine; mem_ratio = method peak / baseline peak)"
+    )
 
 
 if __name__ == "__main__":

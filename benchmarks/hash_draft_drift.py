@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataflow.media import load_image  # noqa: E402
-from dataflow.algorithms.hashing import HASH_METHODS, hash_size_input  # noqa: E402
+from dataflow.algorithms.hashing import HASH_METHODS, hash_size_input
+from dataflow.media import load_image
 
 FACTORS = (1, 2, 4)
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
@@ -77,12 +77,16 @@ def main() -> None:
             rows.append((method, hash_size_input(method), factor, size, reduced.sum(), scale, distance))
             del drafted
 
-    print("| method | hash input (px) | draft factor | draft request (px) | images reduced | mean DCT scale "
-          "| mean Hamming | max Hamming | images with distance 0 |")
+    print(
+        "| method | hash input (px) | draft factor | draft request (px) | images reduced | mean DCT scale "
+        "| mean Hamming | max Hamming | images with distance 0 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for method, side, factor, size, reduced, scale, distance in rows:
-        print(f"| {method} | {side} | {factor}x | {size} | {reduced}/{len(paths)} | 1/{scale:.1f} "
-              f"| {distance.mean():.2f} | {distance.max()} | {np.mean(distance == 0):.0%} |")
+        print(
+            f"| {method} | {side} | {factor}x | {size} | {reduced}/{len(paths)} | 1/{scale:.1f} "
+            f"| {distance.mean():.2f} | {distance.max()} | {np.mean(distance == 0):.0%} |"
+        )
 
 
 if __name__ == "__main__":

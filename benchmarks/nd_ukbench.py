@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from dataflow.media import load_image
 from dataflow.operators.core_vision._hashing import compute_hashes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagededup_tests"
 ORIGINAL = "mixed_images/ukbench00120.jpg"
-VARIANTS = {"horizontal flip": "mixed_images/ukbench00120_hflip.jpg", "resize": "mixed_images/ukbench00120_resize.jpg",
-            "rotation": "mixed_images/ukbench00120_rotation.jpg", "grayscale": "ukbench00120_gray.jpg",
-            "alpha channel PNG": "alpha_channel_image.png", "webp re-encode": "formats_images/ukbench09380.webp"}
+VARIANTS = {
+    "horizontal flip": "mixed_images/ukbench00120_hflip.jpg",
+    "resize": "mixed_images/ukbench00120_resize.jpg",
+    "rotation": "mixed_images/ukbench00120_rotation.jpg",
+    "grayscale": "ukbench00120_gray.jpg",
+    "alpha channel PNG": "alpha_channel_image.png",
+    "webp re-encode": "formats_images/ukbench09380.webp",
+}
 WEBP_ORIGINAL = "base_images/ukbench09380.jpg"
 
 
@@ -35,7 +38,9 @@ def main() -> None:
     hashes, _ = compute_hashes(files, str(DATA), method="phash", num_workers=1)
     from dataflow.models.clip import load_image_embedder
 
-    vectors = load_image_embedder("efficientnet-lite0", device="cpu").encode_images([load_image(DATA / f) for f in files])
+    vectors = load_image_embedder("efficientnet-lite0", device="cpu").encode_images(
+        [load_image(DATA / f) for f in files]
+    )
     index = {f: i for i, f in enumerate(files)}
 
     def distance(a, b):
@@ -44,18 +49,26 @@ def main() -> None:
     def cosine(a, b):
         return float(vectors[index[a]] @ vectors[index[b]])
 
-    print(f"| variant | pHash distance | found at <= {args.max_distance} | EfficientNet cosine | found at >= {args.threshold} |")
+    print(
+        f"| variant | pHash distance | found at <= {args.max_distance} | EfficientNet cosine | "
+        f"found at >= {args.threshold} |"
+    )
     print("|---|---|---|---|---|")
     for name, path in VARIANTS.items():
         original = WEBP_ORIGINAL if "webp" in name else ORIGINAL
         d, c = distance(original, path), cosine(original, path)
-        print(f"| {name} | {d} | {'yes' if d <= args.max_distance else 'no'} | {c:.3f} | "
-              f"{'yes' if c >= args.threshold else 'no'} |")
-    pairs = [(a, b) for i, a in enumerate(scenes) for b in scenes[i + 1:]]
+        print(
+            f"| {name} | {d} | {'yes' if d <= args.max_distance else 'no'} | {c:.3f} | "
+            f"{'yes' if c >= args.threshold else 'no'} |"
+        )
+    pairs = [(a, b) for i, a in enumerate(scenes) for b in scenes[i + 1 :]]
     closest_d = min(distance(a, b) for a, b in pairs)
     closest_c = max(cosine(a, b) for a, b in pairs)
-    print(f"| distinct scenes (45 pairs), closest | {closest_d} | {'merged' if closest_d <= args.max_distance else 'none merged'} "
-          f"| {closest_c:.3f} | {'merged' if closest_c >= args.threshold else 'none merged'} |")
+    print(
+        f"| distinct scenes (45 pairs), closest | {closest_d} | "
+        f"{'merged' if closest_d <= args.max_distance else 'none merged'} "
+        f"| {closest_c:.3f} | {'merged' if closest_c >= args.threshold else 'none merged'} |"
+    )
 
 
 if __name__ == "__main__":

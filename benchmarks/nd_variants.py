@@ -36,8 +36,14 @@ def _text(img: Image.Image) -> Image.Image:
     out = img.copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=max(12, img.height // 10))
-    draw.text((img.width // 12, img.height // 3), "SAMPLE TEXT 2024", fill="white", font=font,
-              stroke_width=2, stroke_fill="black")
+    draw.text(
+        (img.width // 12, img.height // 3),
+        "SAMPLE TEXT 2024",
+        fill="white",
+        font=font,
+        stroke_width=2,
+        stroke_fill="black",
+    )
     return out
 
 
@@ -103,8 +109,9 @@ def report(method: str, setting: str, rows: list[dict], pairs: np.ndarray, secon
     recall = {}
     for name in TRANSFORMS:
         hits = [i for i, r in enumerate(rows) if r["transform"] == name]
-        ok = sum((min(i, original_of[rows[i]["source"]]), max(i, original_of[rows[i]["source"]])) in found
-                 for i in hits)
+        ok = sum(
+            (min(i, original_of[rows[i]["source"]]), max(i, original_of[rows[i]["source"]])) in found for i in hits
+        )
         recall[name] = ok / len(hits)
     correct = int(np.sum(source[pairs[:, 0]] == source[pairs[:, 1]])) if len(pairs) else 0
     precision = correct / len(pairs) if len(pairs) else 1.0
@@ -115,8 +122,15 @@ def report(method: str, setting: str, rows: list[dict], pairs: np.ndarray, secon
     groups = group_duplicates(len(rows), pairs[:, :2])
     labels = np.where(groups.group_size > 1, groups.group_id, -1)
     metrics = evaluate(source, labels)
-    return {"method": method, "setting": setting, "recall": recall, "pair_precision": precision,
-            "pairs": int(len(pairs)), "group_pair_f1": metrics.pair_f1, "seconds": seconds}
+    return {
+        "method": method,
+        "setting": setting,
+        "recall": recall,
+        "pair_precision": precision,
+        "pairs": int(len(pairs)),
+        "group_pair_f1": metrics.pair_f1,
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -145,8 +159,9 @@ def main() -> None:
         else:
             try:
                 from dataflow.models.clip import load_image_embedder
+
                 embedder = load_image_embedder(method, device="cpu")
-            except Exception as exc:  # noqa: BLE001 - optional extra
+            except Exception as exc:  # optional extra
                 print(f"skipping {method}: {exc}")
                 continue
             vectors = embedder.encode_images([load_image(out / s) for s in sources])
@@ -160,8 +175,13 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in results:
-        cells = [r["method"], r["setting"], *(f"{r['recall'][n]:.2f}" for n in names), f"{r['pair_precision']:.3f}",
-                 str(r["pairs"])]
+        cells = [
+            r["method"],
+            r["setting"],
+            *(f"{r['recall'][n]:.2f}" for n in names),
+            f"{r['pair_precision']:.3f}",
+            str(r["pairs"]),
+        ]
         print("| " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -30,10 +30,17 @@ def default_images() -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.name not in skip)
 
 
-def build_synthetic_cache(cache_path: str | os.PathLike, rows: int = 100_000,
-                          images: list[str | os.PathLike] | None = None, *, prefix: str = "synthetic",
-                          cache_type: str = "parquet", seed: int = 0, duplicate_fraction: float = 0.2,
-                          unreadable_fraction: float = 0.002) -> Path:
+def build_synthetic_cache(
+    cache_path: str | os.PathLike,
+    rows: int = 100_000,
+    images: list[str | os.PathLike] | None = None,
+    *,
+    prefix: str = "synthetic",
+    cache_type: str = "parquet",
+    seed: int = 0,
+    duplicate_fraction: float = 0.2,
+    unreadable_fraction: float = 0.002,
+) -> Path:
     """Write a 7-step cache of ``rows`` synthetic rows to ``cache_path`` and return the folder.
 
     Steps: metadata (made up), resolution filter, aspect-ratio filter, quality metrics (made up), a
@@ -52,16 +59,31 @@ def build_synthetic_cache(cache_path: str | os.PathLike, rows: int = 100_000,
     bad = rng.random(n) < unreadable_fraction
     image_col[bad] = [f"missing/{i:07d}.jpg" for i in np.flatnonzero(bad)]
     words = np.array(["a photo of", "a picture of", "an image of", "a drawing of"], dtype=object)
-    things = np.array(["a harbour", "hills at sunset", "a city street", "a forest", "a cat", "two dogs",
-                       "a bowl of fruit", "a mountain lake"], dtype=object)
+    things = np.array(
+        [
+            "a harbour",
+            "hills at sunset",
+            "a city street",
+            "a forest",
+            "a cat",
+            "two dogs",
+            "a bowl of fruit",
+            "a mountain lake",
+        ],
+        dtype=object,
+    )
     captions = words[rng.integers(0, len(words), n)] + " " + things[rng.integers(0, len(things), n)]
     entry = cache / f"{prefix}_input.{cache_type}"
     from dataflow.storage.formats import write_table
 
     write_table(pd.DataFrame({"id": np.arange(n), "image": image_col, "caption": captions}), entry, cache_type)
 
-    from dataflow.operators.core_vision import (ImageAspectRatioFilter, ImageHashDeduplicateFilter,
-                                                ImageResolutionFilter, ScoreRangeFilter)
+    from dataflow.operators.core_vision import (
+        ImageAspectRatioFilter,
+        ImageHashDeduplicateFilter,
+        ImageResolutionFilter,
+        ScoreRangeFilter,
+    )
 
     storage = FileStorage(entry, cache_path=cache, file_name_prefix=prefix, cache_type=cache_type)
 
@@ -99,8 +121,9 @@ def build_synthetic_cache(cache_path: str | os.PathLike, rows: int = 100_000,
 
     def hashes(df: pd.DataFrame) -> pd.DataFrame:
         m = len(df)
-        h = rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64) * np.uint64(2) + \
-            rng.integers(0, 2, m).astype(np.uint64)
+        h = rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, m).astype(
+            np.uint64
+        )
         dup = rng.random(m) < duplicate_fraction
         dup[:50] = False
         originals = np.flatnonzero(~dup)
@@ -118,15 +141,18 @@ def build_synthetic_cache(cache_path: str | os.PathLike, rows: int = 100_000,
     def manual(step_fn, operator: str, params: dict, output_keys: dict) -> None:
         st = storage.step()
         df = step_fn(st.read("dataframe"))
-        st.begin(CallInfo(operator=operator, params=params, input_keys={"input_image_key": "image"},
-                           output_keys=output_keys))
+        st.begin(
+            CallInfo(operator=operator, params=params, input_keys={"input_image_key": "image"}, output_keys=output_keys)
+        )
         st.write(df)
 
     manual(metadata, "ImageMetadataEvaluator", {"synthetic": True}, {})
-    ImageResolutionFilter(min_width=64, min_height=64).run(storage.step(), input_width_key="width",
-                                                           input_height_key="height")
-    ImageAspectRatioFilter(min_ratio=0.333, max_ratio=3.0).run(storage.step(), input_width_key="width",
-                                                               input_height_key="height")
+    ImageResolutionFilter(min_width=64, min_height=64).run(
+        storage.step(), input_width_key="width", input_height_key="height"
+    )
+    ImageAspectRatioFilter(min_ratio=0.333, max_ratio=3.0).run(
+        storage.step(), input_width_key="width", input_height_key="height"
+    )
     manual(quality, "ImageQualityEvaluator", {"metrics": "synthetic"}, {})
     ScoreRangeFilter(min_score=0.03).run(storage.step(), input_score_key="jpeg_bpp")
     manual(hashes, "ImageHashEvaluator", {"method": "phash", "synthetic": True}, {"output_key": "phash"})
@@ -155,8 +181,15 @@ def bench(caches: list[str | os.PathLike], repeat: int = 3) -> list[dict]:
                 out = build_report(cache, out=Path(tmp) / "report.html")
                 full.append(time.perf_counter() - t)
             text = out.read_text(encoding="utf-8")
-            rows.append({"cache": str(cache), "floor_s": statistics.median(floor), "report_s": statistics.median(full),
-                         "bytes": out.stat().st_size, "thumbnails": text.count("data:image/jpeg;base64,")})
+            rows.append(
+                {
+                    "cache": str(cache),
+                    "floor_s": statistics.median(floor),
+                    "report_s": statistics.median(full),
+                    "bytes": out.stat().st_size,
+                    "thumbnails": text.count("data:image/jpeg;base64,"),
+                }
+            )
     return rows
 
 
@@ -179,9 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         print(build_synthetic_cache(args.cache, args.rows, images, cache_type=args.cache_type))
         return
     for r in bench(args.caches, args.repeat):
-        print(f"{r['cache']}: read {r['floor_s']:.2f} s, build_report {r['report_s']:.2f} s "
-              f"({r['report_s'] / max(r['floor_s'], 1e-9):.1f}x), {r['bytes'] / 1e6:.2f} MB, "
-              f"{r['thumbnails']} thumbnails")
+        print(
+            f"{r['cache']}: read {r['floor_s']:.2f} s, build_report {r['report_s']:.2f} s "
+            f"({r['report_s'] / max(r['floor_s'], 1e-9):.1f}x), {r['bytes'] / 1e6:.2f} MB, "
+            f"{r['thumbnails']} thumbnails"
+        )
 
 
 if __name__ == "__main__":

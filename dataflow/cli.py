@@ -35,8 +35,9 @@ class _UserError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dataflow", description="Curate image and image-text datasets with cached, "
-                                "resumable pipelines.")
+    p = argparse.ArgumentParser(
+        prog="dataflow", description="Curate image and image-text datasets with cached, resumable pipelines."
+    )
     sub = p.add_subparsers(title="commands")
 
     run = sub.add_parser("run", help="run a pipeline from a YAML config (resumes from cached steps)")
@@ -44,10 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume-step", type=int, default=None, help="skip the first N steps (DataFlow style)")
     run.add_argument("--no-resume", action="store_true", help="rerun every step even if cached")
     run.add_argument("--check", action="store_true", help="only validate the config and compile the pipeline")
-    run.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="run in this process (local, default) or on Ray Data (ray; pip install 'dataflow[ray]')")
-    run.add_argument("--address", default=None, help="with --engine ray: the Ray cluster to join, e.g. auto or "
-                     "ray://head:10001 (default: start a local Ray)")
+    run.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="run in this process (local, default) or on Ray Data (ray; pip install 'dataflow[ray]')",
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)",
+    )
     run.set_defaults(func=cmd_run)
 
     ops = sub.add_parser("ops", help="list registered operators")
@@ -70,14 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--method", default="phash", choices=["ahash", "dhash", "phash", "whash"])
     dd.add_argument("--max-distance", type=int, default=10, help="Hamming distance, 0..64 (default 10)")
     dd.add_argument("--keep", default="first", help="first | largest | a column name (highest wins)")
-    dd.add_argument("--non-transitive", action="store_true", help="no chains: each kept image claims only its "
-                    "own direct neighbours")
+    dd.add_argument(
+        "--non-transitive", action="store_true", help="no chains: each kept image claims only its own direct neighbours"
+    )
     dd.add_argument("--out", default="./cache_dedup", help="cache folder (default ./cache_dedup)")
     dd.add_argument("--num-workers", type=int, default=None)
     dd.set_defaults(func=cmd_dedup)
 
-    rep = sub.add_parser("report", help="write one self-contained HTML report of a cache folder: steps, duplicate "
-                         "groups, score histograms with thresholds, rejected and unreadable rows")
+    rep = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report of a cache folder: steps, duplicate "
+        "groups, score histograms with thresholds, rejected and unreadable rows",
+    )
     rep.add_argument("cache_dir")
     rep.add_argument("-o", "--out", help="HTML file to write (default: CACHE_DIR/<prefix>_report.html)")
     rep.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
@@ -94,8 +106,9 @@ def cmd_run(args) -> int:
 
     config_path = Path(args.config)
     try:
-        OPERATOR_REGISTRY.load_user_operators([config_path.resolve().parent.parent / "operators",
-                                               config_path.resolve().parent / "operators"])
+        OPERATOR_REGISTRY.load_user_operators(
+            [config_path.resolve().parent.parent / "operators", config_path.resolve().parent / "operators"]
+        )
         pipeline = build_pipeline(load_config(config_path), str(config_path))
         pipeline.compile()
     except (ConfigError, PipelineCompileError, OperatorImportError) as exc:
@@ -110,8 +123,13 @@ def cmd_run(args) -> int:
             from dataflow.engines.ray import EngineError, run_config_pipeline
 
             try:
-                run_config_pipeline(pipeline, config_path, address=args.address, resume_step=args.resume_step,
-                                    resume=None if args.no_resume else "auto")
+                run_config_pipeline(
+                    pipeline,
+                    config_path,
+                    address=args.address,
+                    resume_step=args.resume_step,
+                    resume=None if args.no_resume else "auto",
+                )
             except EngineError as exc:
                 raise _UserError(str(exc)) from None
         else:
@@ -148,8 +166,11 @@ def cmd_ops(args) -> int:
         except KeyError as exc:
             raise _UserError(exc.args[0]) from None
         return 0
-    rows = [{"name": n, "category": c.category, "description": c.get_desc(args.lang), "module": c.__module__}
-            for n, c in ops.items() if not args.category or c.category == args.category]
+    rows = [
+        {"name": n, "category": c.category, "description": c.get_desc(args.lang), "module": c.__module__}
+        for n, c in ops.items()
+        if not args.category or c.category == args.category
+    ]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -201,9 +222,13 @@ def cmd_dedup(args) -> int:
         raise _UserError(f"no such folder or file: {args.input}")
     storage = FileStorage(args.input, cache_path=args.out, file_name_prefix="dedup", cache_type="jsonl")
     try:
-        op = OPERATOR_REGISTRY.for_command("dedup")(method=args.method, max_distance=args.max_distance,
-                                                    keep=args.keep, transitive=not args.non_transitive,
-                                                    num_workers=args.num_workers)
+        op = OPERATOR_REGISTRY.for_command("dedup")(
+            method=args.method,
+            max_distance=args.max_distance,
+            keep=args.keep,
+            transitive=not args.non_transitive,
+            num_workers=args.num_workers,
+        )
     except (KeyError, ValueError) as exc:
         raise _UserError(str(exc.args[0] if exc.args else exc)) from None
     op.run(storage.step(), input_image_key=storage.image_key)
@@ -217,8 +242,10 @@ def cmd_dedup(args) -> int:
     for image, reason in zip(unreadable.get(storage.image_key, []), unreadable.get("reason", [])):
         print(f"unreadable: {image}  ({reason})", file=sys.stderr)
     meta = storage.manifest(1)
-    print(f"\n{meta['rows_in']} images: {meta['rows_out']} kept, {len(dups)} near duplicates removed, "
-          f"{len(unreadable)} unreadable")
+    print(
+        f"\n{meta['rows_in']} images: {meta['rows_out']} kept, {len(dups)} near duplicates removed, "
+        f"{len(unreadable)} unreadable"
+    )
     print(f"kept:     {storage.step_path(1).resolve()}\nrejected: {storage.rejected_path(1).resolve()}")
     return 0
 

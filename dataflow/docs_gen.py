@@ -44,18 +44,23 @@ REGENERATE = "python -m dataflow.docs_gen"
 TIME = "x.xx"  # stands in for the seconds column of step tables
 CATEGORY_ORDER = ("eval", "filter", "generate", "refine", "other")
 STORAGE_MEANING = "the `FileStorage` positioned at this step: pass `storage.step()`"
-EXECUTION = {"rowwise": "each row is decided on its own, so an engine may run it on any slice of the table "
-                        "(Ray: slices in parallel tasks)",
-             "table": "needs the whole table at once: an engine runs it over the whole step (Ray: on the driver)",
-             "dedup": "the three phases of `DedupFilter`: keys per row, on any slice; candidate pairs over all the "
-                      "keys; groups and survivors (Ray: keys in parallel tasks, then a distributed search)"}
+EXECUTION = {
+    "rowwise": "each row is decided on its own, so an engine may run it on any slice of the table "
+    "(Ray: slices in parallel tasks)",
+    "table": "needs the whole table at once: an engine runs it over the whole step (Ray: on the driver)",
+    "dedup": "the three phases of `DedupFilter`: keys per row, on any slice; candidate pairs over all the "
+    "keys; groups and survivors (Ray: keys in parallel tasks, then a distributed search)",
+}
 SIDES = {"min": "keeps values >= it", "max": "keeps values <= it", "dup": "a similarity at or above it is a duplicate"}
-IMAGE_REASONS = {"missing": "the file does not exist (or the cell is empty)", "empty": "a zero-byte file",
-                 "truncated": "the file ends early (e.g. an interrupted download)",
-                 "not_an_image": "not a recognised image format",
-                 "too_large": "more pixels than `max_pixels` (decompression-bomb guard)",
-                 "unsupported": "an image Pillow cannot decode (format, mode or value type)",
-                 "error": "any other read failure; `detail` says which"}
+IMAGE_REASONS = {
+    "missing": "the file does not exist (or the cell is empty)",
+    "empty": "a zero-byte file",
+    "truncated": "the file ends early (e.g. an interrupted download)",
+    "not_an_image": "not a recognised image format",
+    "too_large": "more pixels than `max_pixels` (decompression-bomb guard)",
+    "unsupported": "an image Pillow cannot decode (format, mode or value type)",
+    "error": "any other read failure; `detail` says which",
+}
 
 
 # ------------------------------------------------------------------------------------------ the class
@@ -73,8 +78,11 @@ def builtin_operators() -> dict[str, type]:
             if (exc.name or "").split(".")[0] == "dataflow":
                 raise
             warnings.warn(f"docs: skipped {info.name} ({exc})", stacklevel=2)
-    return {name: cls for name, cls in sorted(OPERATOR_REGISTRY._obj_map.items())
-            if cls.__module__.split(".")[0] == "dataflow"}
+    return {
+        name: cls
+        for name, cls in sorted(OPERATOR_REGISTRY._obj_map.items())
+        if cls.__module__.split(".")[0] == "dataflow"
+    }
 
 
 def _functions(cls) -> tuple[Any, Any]:
@@ -159,9 +167,11 @@ def _param_table(params: list[inspect.Parameter], documented: dict[str, str], wh
 
 def _default_keys(cls: type) -> dict:
     """The ``run`` keys with their defaults; a required key stands as ``<name>``."""
-    return {p.name: f"<{p.name}>" if p.default is inspect.Parameter.empty else p.default
-            for p in _parameters(_functions(cls)[1])
-            if p.name != "storage" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        p.name: f"<{p.name}>" if p.default is inspect.Parameter.empty else p.default
+        for p in _parameters(_functions(cls)[1])
+        if p.name != "storage" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _declared(cls: type, method: str, keys: dict) -> Any:
@@ -205,10 +215,16 @@ def example_folder() -> Iterator[Path]:
 def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run this Python with ``args`` in ``cwd``: this checkout's ``dataflow``, quiet logs, no user operators."""
     env = {k: v for k, v in os.environ.items() if k != "DATAFLOW_OPERATORS_PATH"}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-               DATAFLOW_LOG_LEVEL="WARNING", DATAFLOW_PROGRESS="0", PYTHONUNBUFFERED="1", COLUMNS="100")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL,
-                          capture_output=True, check=False)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        DATAFLOW_LOG_LEVEL="WARNING",
+        DATAFLOW_PROGRESS="0",
+        PYTHONUNBUFFERED="1",
+        COLUMNS="100",
+    )
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL, capture_output=True, check=False
+    )
 
 
 def run_block(code: str, cwd: Path, where: str = "<docs>") -> str:
@@ -222,8 +238,14 @@ def run_block(code: str, cwd: Path, where: str = "<docs>") -> str:
 
 def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
     """Run ``dataflow ARGV`` in ``cwd``; returns the exit code and stdout + stderr as one text, in order."""
-    done = _python(["-c", "import sys; sys.stderr = sys.stdout; from dataflow.cli import main; "
-                          "sys.exit(main(sys.argv[1:]))", *argv], cwd)
+    done = _python(
+        [
+            "-c",
+            "import sys; sys.stderr = sys.stdout; from dataflow.cli import main; sys.exit(main(sys.argv[1:]))",
+            *argv,
+        ],
+        cwd,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -236,7 +258,7 @@ def mask_seconds(text: str) -> str:
         elif at is not None and line.strip():
             m = re.match(r"\d+\.\d+", line[at:])
             if m:
-                lines[i] = line[:at] + TIME.ljust(len(m.group())) + line[at + len(m.group()):]
+                lines[i] = line[:at] + TIME.ljust(len(m.group())) + line[at + len(m.group()) :]
         else:
             at = None
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
@@ -279,8 +301,10 @@ def execute_example(example: Example) -> ExampleRun:
             run = ExampleRun(stdout=scrub(run_block(example.code, folder)))
         except ExampleError as exc:
             return ExampleRun(scrub(exc.args[0]))
-        steps = sorted(cache.glob(f"{EXAMPLE_PREFIX}_step*.meta.json"),
-                       key=lambda p: int(re.search(r"_step(\d+)\.", p.name).group(1)))
+        steps = sorted(
+            cache.glob(f"{EXAMPLE_PREFIX}_step*.meta.json"),
+            key=lambda p: int(re.search(r"_step(\d+)\.", p.name).group(1)),
+        )
         if not steps:
             return ExampleRun(f"the example wrote no step to {EXAMPLE_CACHE}")
         run.meta = meta = json.loads(steps[-1].read_text())
@@ -294,9 +318,13 @@ def execute_example(example: Example) -> ExampleRun:
 
 def default_example(cls: type, module: str) -> Example:
     keys = "".join(f", {k}={v!r}" for k, v in _default_keys(cls).items() if not str(v).startswith("<"))
-    return Example.on_example_data(cls.__name__, f"op = {cls.__name__}()\nop.run(storage.step(){keys})", module,
-                                   note="Default example: the operator built with its defaults and run with its "
-                                        "default keys (declare a better one: `example = Example(...)` on the class).")
+    return Example.on_example_data(
+        cls.__name__,
+        f"op = {cls.__name__}()\nop.run(storage.step(){keys})",
+        module,
+        note="Default example: the operator built with its defaults and run with its "
+        "default keys (declare a better one: `example = Example(...)` on the class).",
+    )
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -333,8 +361,13 @@ def value_kind(values: list) -> str:
     import numpy as np
 
     kinds, lengths, nulls = set(), set(), 0
-    types = (((bool, np.bool_), "bool"), ((int, np.integer), "int"), ((float, np.floating), "float"), (str, "str"),
-             (dict, "dict"))
+    types = (
+        ((bool, np.bool_), "bool"),
+        ((int, np.integer), "int"),
+        ((float, np.floating), "float"),
+        (str, "str"),
+        (dict, "dict"),
+    )
     for v in values:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             nulls += 1
@@ -380,7 +413,7 @@ def reason_table(cls: type, run: ExampleRun | None, reads_images: bool, not_reas
     """Reasons named in the docstring's sentences about reasons / rejected rows, those seen in the example,
     and the image-loading codes of ``dataflow.media``."""
     seen: dict[str, int] = {}
-    for r in (run.rejected if run else []):
+    for r in run.rejected if run else []:
         seen[str(r.get("reason"))] = seen.get(str(r.get("reason")), 0) + 1
     sentences = re.split(r"(?<=[.;])\s+", " ".join((inspect.getdoc(cls) or "").split()))
     tokens = [t for s in sentences if re.search(r"\breason|\brejected", s) for t in re.findall(r"``([a-z]\w*)``", s)]
@@ -390,13 +423,17 @@ def reason_table(cls: type, run: ExampleRun | None, reads_images: bool, not_reas
     if not codes and not image_seen and not reads_images:
         return "No reasons found: the docstring names none and the example rejected nothing."
     lines = ["| reason | source | rows in the example |", "|---|---|---|"]
-    lines += [f"| `{c}` | {'the class docstring' if c in documented else 'seen in the example'} | {seen.get(c, 0)} |"
-              for c in codes]
+    lines += [
+        f"| `{c}` | {'the class docstring' if c in documented else 'seen in the example'} | {seen.get(c, 0)} |"
+        for c in codes
+    ]
     lines += [f"| `{c}` | image loading (`dataflow.media`): {_md(IMAGE_REASONS[c])} | {seen[c]} |" for c in image_seen]
     others = [c for c in IMAGE_REASONS if c not in seen]
     if reads_images and others:
-        lines.append(f"| {', '.join(f'`{c}`' for c in others)} | image loading (`dataflow.media`): the image "
-                     "could not be read (`too_large`: more pixels than `max_pixels`); `detail` says more | 0 |")
+        lines.append(
+            f"| {', '.join(f'`{c}`' for c in others)} | image loading (`dataflow.media`): the image "
+            "could not be read (`too_large`: more pixels than `max_pixels`); `detail` says more | 0 |"
+        )
     return "\n".join(lines)
 
 
@@ -413,44 +450,87 @@ def operator_page(cls: type, run_example: bool = True, executed: set[str] | None
     init_fn, run_fn = _functions(cls)
     documented = {k: v for d in (doc, _own_doc(init_fn), _own_doc(run_fn)) for k, v in parse_param_docs(d).items()}
     init_params, run_params = _parameters(init_fn), _parameters(run_fn)
-    out = [f"<!-- Generated from the code by `{REGENERATE}`; edit the operator's class (docstring, declarations, "
-           "`example`), not this file. -->" if cls.__module__.split(".")[0] == "dataflow"
-           else "<!-- Generated on the fly from the class. -->",
-           f"# {name}", "", f"**{cls.category}** operator · `from {import_from} import {name}`", "",
-           f"> {cls.get_desc('en')}", ""]
+    out = [
+        f"<!-- Generated from the code by `{REGENERATE}`; edit the operator's class (docstring, declarations, "
+        "`example`), not this file. -->"
+        if cls.__module__.split(".")[0] == "dataflow"
+        else "<!-- Generated on the fly from the class. -->",
+        f"# {name}",
+        "",
+        f"**{cls.category}** operator · `from {import_from} import {name}`",
+        "",
+        f"> {cls.get_desc('en')}",
+        "",
+    ]
     if cls.get_desc("zh") != cls.get_desc("en"):
         out += [f"> 中文：{cls.get_desc('zh')}", ""]
     out += ["## Overview", "", _strip_param_sections(doc) or "(no docstring)", ""]
     for title, fn, params, sig, what in (
-            ("__init__", init_fn, init_params, _signature_text(name, init_params), "parameter"),
-            ("run", run_fn, run_params, _signature_text("run", run_params, inspect.signature(run_fn).return_annotation),
-             "key")):
+        ("__init__", init_fn, init_params, _signature_text(name, init_params), "parameter"),
+        (
+            "run",
+            run_fn,
+            run_params,
+            _signature_text("run", run_params, inspect.signature(run_fn).return_annotation),
+            "key",
+        ),
+    ):
         out += [f"## `{title}`", "", "```python signature", sig, "```", ""]
         out += [_strip_param_sections(_own_doc(fn)), ""] if _own_doc(fn) else []
         out += [_param_table(params, documented, what) if params else "No parameters.", ""]
 
     keys = _default_keys(cls)
-    out += ["## Execution", "", f"- `execution = \"{cls.execution}\"`: {EXECUTION.get(cls.execution, '')}.",
-            "- `loads_model = True`: it loads a model; engines keep one instance per worker (an actor), so the "
-            "model loads once." if cls.loads_model else "- `loads_model = False`: no model to load."]
-    rows = [f"| `{t.param}` | {_threshold_column(t, keys)} | {t.side}: {SIDES.get(t.side, '')} |"
-            for t in cls.thresholds]
-    out += ["- thresholds (`dataflow report` draws them on the score column):", "", "| parameter | column | side |",
-            "|---|---|---|", *rows, ""] if rows else ["- thresholds: none.", ""]
+    out += [
+        "## Execution",
+        "",
+        f'- `execution = "{cls.execution}"`: {EXECUTION.get(cls.execution, "")}.',
+        "- `loads_model = True`: it loads a model; engines keep one instance per worker (an actor), so the "
+        "model loads once."
+        if cls.loads_model
+        else "- `loads_model = False`: no model to load.",
+    ]
+    rows = [
+        f"| `{t.param}` | {_threshold_column(t, keys)} | {t.side}: {SIDES.get(t.side, '')} |" for t in cls.thresholds
+    ]
+    out += (
+        [
+            "- thresholds (`dataflow report` draws them on the score column):",
+            "",
+            "| parameter | column | side |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+        if rows
+        else ["- thresholds: none.", ""]
+    )
 
-    reads = [f"the column named by `{k}` (required)" if str(c).startswith("<") else f"`{c}` (`{k}`)"
-             for k, c in _declared(cls, "required_columns", keys).items()]
+    reads = [
+        f"the column named by `{k}` (required)" if str(c).startswith("<") else f"`{c}` (`{k}`)"
+        for k, c in _declared(cls, "required_columns", keys).items()
+    ]
     reads += [f"`{k}`: optional, none by default" for k, v in keys.items() if k.startswith("input_") and v is None]
     writes = list(_declared(cls, "output_columns", keys))
-    out += ["## Columns", "", "With the default keys:", "", f"- reads: {', '.join(reads) or 'no named column'}",
-            f"- writes: {_column_list(writes)}"]
+    out += [
+        "## Columns",
+        "",
+        "With the default keys:",
+        "",
+        f"- reads: {', '.join(reads) or 'no named column'}",
+        f"- writes: {_column_list(writes)}",
+    ]
     if is_filter:
         params = init_params + run_params
         not_reasons = {p.name for p in params} | {str(p.default) for p in params} | set(writes)
         not_reasons |= set(run.meta.get("columns", ())) | {c for r in run.rejected for c in r} if run else set()
         reads_images = any(p.name == "input_image_key" for p in run_params)
-        out += ["- drops rows: each dropped row goes to `<prefix>_step<N>.rejected.jsonl` with a `reason`", "",
-                "## Rejected reasons", "", reason_table(cls, run, reads_images, not_reasons)]
+        out += [
+            "- drops rows: each dropped row goes to `<prefix>_step<N>.rejected.jsonl` with a `reason`",
+            "",
+            "## Rejected reasons",
+            "",
+            reason_table(cls, run, reads_images, not_reasons),
+        ]
     out += ["", "## Example", ""] + ([example.note, ""] if example.note else []) + _example_section(example, run)
     if example.real_use:
         out += ["With the real model (not run here):", "", "```python notrun", example.real_use, "```", ""]
@@ -465,25 +545,51 @@ def _example_section(example: Example, run: ExampleRun | None) -> list[str]:
     if example.not_run:
         return [f"Not run: {example.not_run}.", "", "```python notrun", code, "```", ""]
     if run is None:
-        return ["```python", code, "```", "", f"(Not run here: `dataflow ops --doc` runs no code; `{REGENERATE}` "
-                "runs the examples of built-in operators.)", ""]
+        return [
+            "```python",
+            code,
+            "```",
+            "",
+            f"(Not run here: `dataflow ops --doc` runs no code; `{REGENERATE}` "
+            "runs the examples of built-in operators.)",
+            "",
+        ]
     if run.error:
         return ["```python notrun", code, "```", "", f"This example fails: `{_md(run.error)}`.", ""]
-    out = ["Run from a folder holding `example_data/` (the repository root). The output below was produced by "
-           f"running it (`{REGENERATE}`).", "", "```python", code, "```", ""]
+    out = [
+        "Run from a folder holding `example_data/` (the repository root). The output below was produced by "
+        f"running it (`{REGENERATE}`).",
+        "",
+        "```python",
+        code,
+        "```",
+        "",
+    ]
     out += ["Printed:", "", "```text", run.stdout.rstrip(), "```", ""] if run.stdout.strip() else []
-    return out + [f"`dataflow inspect {EXAMPLE_CACHE}` (seconds replaced by `{TIME}`):", "", "```text",
-                  run.steps_table, "```", ""]
+    return out + [
+        f"`dataflow inspect {EXAMPLE_CACHE}` (seconds replaced by `{TIME}`):",
+        "",
+        "```text",
+        run.steps_table,
+        "```",
+        "",
+    ]
 
 
 def _output_format(run: ExampleRun | None, example: Example, is_filter: bool, writes: list[str]) -> list[str]:
     if not run or run.error:
         return [f"Every input row{' that is kept' if is_filter else ''}, plus the columns {_column_list(writes)}.", ""]
     kind = lambda rows, c: _md(value_kind([r.get(c) for r in rows]))
-    columns, new, head = run.meta["columns"], run.meta.get("new_columns", []), ["| column | type in the example |",
-                                                                                "|---|---|"]
-    out = [f"{'The kept rows, with all their' if is_filter else 'Every row, with all its'} input columns "
-           f"({_column_list([c for c in columns if c not in new])}), plus:", ""]
+    columns, new, head = (
+        run.meta["columns"],
+        run.meta.get("new_columns", []),
+        ["| column | type in the example |", "|---|---|"],
+    )
+    out = [
+        f"{'The kept rows, with all their' if is_filter else 'Every row, with all its'} input columns "
+        f"({_column_list([c for c in columns if c not in new])}), plus:",
+        "",
+    ]
     out += (head + [f"| `{c}` | {kind(run.output, c)} |" for c in new] if new else ["no new columns."]) + [""]
     rej_cols = list(dict.fromkeys(c for r in run.rejected for c in r if c not in columns))
     if is_filter and run.rejected:
@@ -492,13 +598,21 @@ def _output_format(run: ExampleRun | None, example: Example, is_filter: bool, wr
     show = example.show or ["image", *[c for c in new if c != "image"][:6]]
     show += ["image_error"] if "image_error" in new and "image_error" not in show and not example.show else []
     picked = _pick_rows(run.output, example.rows)
-    out += [f"### Example output ({len(picked)} of {run.meta['rows_out']} rows, selected columns)", "",
-            rows_table(picked, show, example.digits), ""]
+    out += [
+        f"### Example output ({len(picked)} of {run.meta['rows_out']} rows, selected columns)",
+        "",
+        rows_table(picked, show, example.digits),
+        "",
+    ]
     if is_filter:
         rej = _pick_rejected(run.rejected, example.rejected_rows)
         show_rej = example.rejected_show or ["image", "reason", *[c for c in rej_cols if c != "reason"]][:6]
-        out += [f"### Example rejected rows ({len(rej)} of {len(run.rejected)} rows, selected columns)", "",
-                rows_table(rej, show_rej, example.digits) if rej else "None.", ""]
+        out += [
+            f"### Example rejected rows ({len(rej)} of {len(run.rejected)} rows, selected columns)",
+            "",
+            rows_table(rej, show_rej, example.digits) if rej else "None.",
+            "",
+        ]
     return out
 
 
@@ -528,11 +642,16 @@ def _index(operators: dict[str, type], executed: set[str]) -> str:
     from dataflow.storage import FileStorage
 
     read = lambda name: (TEMPLATES / name).read_text(encoding="utf-8")
-    groups = [[f"- [{n}](operators/{n}.md): {c.get_desc('en')}" for n, c in operators.items() if c.category == cat]
-              for cat in CATEGORY_ORDER]
-    values = {"operators": "\n\n".join("\n".join([f"### {cat}", "", *group])
-                                       for cat, group in zip(CATEGORY_ORDER, groups, strict=True) if group),
-              "pipeline_code": read("pipeline.py").rstrip() + "\n"}
+    groups = [
+        [f"- [{n}](operators/{n}.md): {c.get_desc('en')}" for n, c in operators.items() if c.category == cat]
+        for cat in CATEGORY_ORDER
+    ]
+    values = {
+        "operators": "\n\n".join(
+            "\n".join([f"### {cat}", "", *group]) for cat, group in zip(CATEGORY_ORDER, groups, strict=True) if group
+        ),
+        "pipeline_code": read("pipeline.py").rstrip() + "\n",
+    }
     with example_folder() as folder:
         scrub, cache = _scrubber(folder), folder / "cache_local"
         values["pipeline_printed"] = scrub(run_block(values["pipeline_code"], folder, "docs/_templates/pipeline.py"))
@@ -543,14 +662,19 @@ def _index(operators: dict[str, type], executed: set[str]) -> str:
         values["rejected_rows"] = scrub(run_cli(argv, folder)[1])
         manifest = json.loads((cache / "curate_step2.meta.json").read_text())
         manifest.update({k: f"<{k}: sha256 prefix>" for k in ("fingerprint", "input_fingerprint")})
-        manifest.update(seconds=TIME, written_at="<time>", image_base="/absolute/path/to/example_data",
-                        dataflow_version="<version>")
+        manifest.update(
+            seconds=TIME, written_at="<time>", image_base="/absolute/path/to/example_data", dataflow_version="<version>"
+        )
         values["manifest"] = json.dumps(manifest, indent=2, ensure_ascii=False)
         for name in ("demo", "broken", "typo"):
             values[f"{name}_yaml"] = read(f"{name}.yaml")
             (folder / f"{name}.yaml").write_text(values[f"{name}_yaml"], encoding="utf-8")
-        for name, argv in (("demo", ["demo.yaml"]), ("check", ["demo.yaml", "--check"]),
-                           ("broken", ["broken.yaml"]), ("typo", ["typo.yaml"])):
+        for name, argv in (
+            ("demo", ["demo.yaml"]),
+            ("check", ["demo.yaml", "--check"]),
+            ("broken", ["broken.yaml"]),
+            ("typo", ["typo.yaml"]),
+        ):
             code, output = run_cli(["run", *argv], folder)
             values[f"{name}_exit"], values[f"{name}_output"] = str(code), scrub(mask_seconds(output))
     meanings: dict[str, dict[str, str]] = {}  # config_keys.md: "## table" headings, "- `key`: meaning" items
@@ -590,10 +714,14 @@ def _differences(generated: GeneratedDocs, docs_dir: Path) -> Iterator[tuple[Pat
     for rel, text in generated.files.items():
         old = (docs_dir / rel).read_text(encoding="utf-8") if (docs_dir / rel).exists() else None
         if old != text:
-            diff = difflib.unified_diff((old or "").splitlines(), text.splitlines(), "committed", "generated",
-                                        lineterm="", n=1)
-            yield docs_dir / rel, text, "missing" if old is None else "differs from the code\n" + "\n".join(
-                list(diff)[:40])
+            diff = difflib.unified_diff(
+                (old or "").splitlines(), text.splitlines(), "committed", "generated", lineterm="", n=1
+            )
+            yield (
+                docs_dir / rel,
+                text,
+                "missing" if old is None else "differs from the code\n" + "\n".join(list(diff)[:40]),
+            )
     for path in sorted((docs_dir / "operators").glob("*.md")):
         if f"operators/{path.name}" not in generated.files:
             yield path, None, "no registered built-in operator has this page (delete it)"
@@ -637,8 +765,12 @@ def main(argv: list[str] | None = None) -> int:
     generated, out = generate(jobs=args.jobs), Path(args.out)
     if args.check:
         problems = stale_files(generated, out)
-        print("\n".join([*problems, f"{len(problems)} stale file(s)"
-                         + (f"; regenerate with: {REGENERATE}" if problems else "")]), file=sys.stderr)
+        print(
+            "\n".join(
+                [*problems, f"{len(problems)} stale file(s)" + (f"; regenerate with: {REGENERATE}" if problems else "")]
+            ),
+            file=sys.stderr,
+        )
         return 1 if problems else 0
     changed = write_docs(generated, out)
     print("\n".join([f"{len(generated.files)} files generated in {out}; {len(changed)} changed", *map(str, changed)]))

@@ -28,5 +28,13 @@ def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: s
     """A tqdm bar on stderr; hidden when stderr is not a terminal unless DATAFLOW_PROGRESS=1."""
     flag = os.environ.get("DATAFLOW_PROGRESS")
     disable = (flag == "0") if flag is not None else (None if sys.stderr.isatty() else True)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

@@ -6,8 +6,6 @@ Copy this file into your project's ``operators/`` folder (next to ``pipelines/``
 
 from __future__ import annotations
 
-import pandas as pd
-
 from dataflow.core import OperatorABC
 from dataflow.utils.registry import OPERATOR_REGISTRY
 

@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class DemoPipeline(PipelineABC):
     def __init__(self, cache_path: str = "./cache_demo", cache_type: str = "jsonl"):
-        self.storage = FileStorage(first_entry_file_name=str(ROOT / "example_data" / "images.jsonl"),
-                                   cache_path=cache_path, file_name_prefix="demo", cache_type=cache_type)
+        self.storage = FileStorage(
+            first_entry_file_name=str(ROOT / "example_data" / "images.jsonl"),
+            cache_path=cache_path,
+            file_name_prefix="demo",
+            cache_type=cache_type,
+        )
         self.metadata = ImageMetadataEvaluator()
         self.exact_bytes = ImageExactDeduplicateFilter(on="bytes")
         self.exact_pixels = ImageExactDeduplicateFilter(on="pixels")
@@ -44,6 +48,7 @@ def main() -> None:
     pipeline.compile()
     pipeline.forward()
     print_run_summary(pipeline)
+
 
 if __name__ == "__main__":
     main()

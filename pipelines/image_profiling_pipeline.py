@@ -45,10 +45,19 @@ MIN_JPEG_BPP = 0.03  # bytes per pixel of a quality-75 JPEG re-encode at 512 px;
 
 
 class ImageProfilingPipeline(PipelineABC):
-    def __init__(self, input_path: str | Path = DEFAULT_INPUT, cache_path: str = "./cache_profiling",
-                 cache_type: str = "jsonl", num_workers: int | None = None):
-        self.storage = FileStorage(first_entry_file_name=str(input_path), cache_path=cache_path,
-                                   file_name_prefix="profiling", cache_type=cache_type)
+    def __init__(
+        self,
+        input_path: str | Path = DEFAULT_INPUT,
+        cache_path: str = "./cache_profiling",
+        cache_type: str = "jsonl",
+        num_workers: int | None = None,
+    ):
+        self.storage = FileStorage(
+            first_entry_file_name=str(input_path),
+            cache_path=cache_path,
+            file_name_prefix="profiling",
+            cache_type=cache_type,
+        )
         self.metadata = ImageMetadataEvaluator(num_workers=num_workers)
         self.resolution = ImageResolutionFilter(min_width=MIN_SIDE, min_height=MIN_SIDE, num_workers=num_workers)
         self.aspect = ImageAspectRatioFilter(min_ratio=0.333, max_ratio=3.0, num_workers=num_workers)
@@ -56,15 +65,18 @@ class ImageProfilingPipeline(PipelineABC):
         self.density = ScoreRangeFilter(min_score=MIN_JPEG_BPP)
         self.exact = ImageExactDeduplicateFilter(on="bytes", num_workers=num_workers)
         # Of each near-duplicate group keep the sharpest copy: step 4 wrote `sharpness` for every row.
-        self.near = ImageHashDeduplicateFilter(method="phash", max_distance=10, keep="sharpness",
-                                               num_workers=num_workers)
+        self.near = ImageHashDeduplicateFilter(
+            method="phash", max_distance=10, keep="sharpness", num_workers=num_workers
+        )
 
     def forward(self):
         self.metadata.run(self.storage.step(), input_image_key="image")
-        self.resolution.run(self.storage.step(), input_image_key="image", input_width_key="width",
-                            input_height_key="height")
-        self.aspect.run(self.storage.step(), input_image_key="image", input_width_key="width",
-                        input_height_key="height")
+        self.resolution.run(
+            self.storage.step(), input_image_key="image", input_width_key="width", input_height_key="height"
+        )
+        self.aspect.run(
+            self.storage.step(), input_image_key="image", input_width_key="width", input_height_key="height"
+        )
         self.quality.run(self.storage.step(), input_image_key="image")
         self.density.run(self.storage.step(), input_score_key="jpeg_bpp")
         self.exact.run(self.storage.step(), input_image_key="image")
@@ -73,8 +85,12 @@ class ImageProfilingPipeline(PipelineABC):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", default=str(DEFAULT_INPUT), help="a folder of images or a JSONL/CSV/Parquet "
-                        "manifest with an 'image' column (default: the bundled example data)")
+    parser.add_argument(
+        "--input",
+        default=str(DEFAULT_INPUT),
+        help="a folder of images or a JSONL/CSV/Parquet "
+        "manifest with an 'image' column (default: the bundled example data)",
+    )
     parser.add_argument("--cache", default="./cache_profiling")
     parser.add_argument("--cache-type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
     parser.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -57,9 +57,9 @@ EXPECTED_SIZE: dict[str, tuple[int, int]] = {
     "png_16bit": (60, 20),
     "palette_transparency": (32, 16),
     "animated_gif": (24, 16),
-    "exif_rotated_6": (96, 64),   # stored 64x96, shown 96x64
+    "exif_rotated_6": (96, 64),  # stored 64x96, shown 96x64
     "exif_rotated_8": (96, 64),
-    "corrupt_exif": (96, 64),     # its orientation 6 is still honoured
+    "corrupt_exif": (96, 64),  # its orientation 6 is still honoured
     "heic": (64, 48),
     "unicode_name": (40, 30),
     "raw_bytes": (40, 30),
@@ -71,13 +71,18 @@ UNICODE_NAME = "фото_日本語_é_🙂.jpg"
 # How a stored image must be turned so that EXIF orientation N displays it upright (each is its own inverse
 # except the quarter turns, which swap).
 _STORE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,
 }
 
 
 # ---------------------------------------------------------------- image makers
+
 
 def pattern(size: tuple[int, int]) -> Image.Image:
     """A smooth RGB picture with no symmetry (red grows left to right, green top to bottom, a dark
@@ -102,12 +107,23 @@ def exif_bytes(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def make_jpeg(path: str | Path, size: tuple[int, int], exif_orientation: int | None = None, *,
-              quality: int = 95, progressive: bool = False, img: Image.Image | None = None) -> Path:
+def make_jpeg(
+    path: str | Path,
+    size: tuple[int, int],
+    exif_orientation: int | None = None,
+    *,
+    quality: int = 95,
+    progressive: bool = False,
+    img: Image.Image | None = None,
+) -> Path:
     """Write a JPEG that *displays* as ``img`` (default ``pattern(size)``): with an EXIF orientation the
     stored pixels are turned the other way, as a camera held sideways would store them."""
     shown = img if img is not None else pattern(size)
-    stored = shown.transpose(_STORE_FOR_ORIENTATION[exif_orientation]) if exif_orientation in _STORE_FOR_ORIENTATION else shown
+    stored = (
+        shown.transpose(_STORE_FOR_ORIENTATION[exif_orientation])
+        if exif_orientation in _STORE_FOR_ORIENTATION
+        else shown
+    )
     kwargs: dict[str, Any] = {"quality": quality, "progressive": progressive}
     if exif_orientation is not None:
         kwargs["exif"] = exif_bytes(exif_orientation)
@@ -141,13 +157,17 @@ def corrupt_exif_block(orientation: int = 6) -> bytes:
     to a valid orientation. ``ImageOps.exif_transpose`` raises on it; loaders must still turn the image."""
     tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 2)
     tiff += struct.pack(">HHII", 0x0100, 2, 6, 8 + 2 + 2 * 12 + 4)  # ImageWidth as ASCII "Canon"
-    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)     # Orientation SHORT
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)  # Orientation SHORT
     tiff += struct.pack(">I", 0) + b"Canon\x00"
     return b"Exif\x00\x00" + tiff
 
 
 def make_corrupt_exif_jpeg(path: str | Path, size: tuple[int, int], orientation: int = 6) -> Path:
-    stored = pattern(size).transpose(_STORE_FOR_ORIENTATION[orientation]) if orientation in _STORE_FOR_ORIENTATION else pattern(size)
+    stored = (
+        pattern(size).transpose(_STORE_FOR_ORIENTATION[orientation])
+        if orientation in _STORE_FOR_ORIENTATION
+        else pattern(size)
+    )
     path = Path(path)
     path.write_bytes(with_app1(encode(stored, "JPEG", quality=95), corrupt_exif_block(orientation)))
     return path
@@ -165,7 +185,7 @@ def gray16_image(size: tuple[int, int]) -> Image.Image:
     """16-bit greyscale (mode I;16) in three bands: near black (257), mid grey (32768), white (65535)."""
     w, h = size
     arr = np.empty((h, w), np.uint16)
-    arr[:, : w // 3], arr[:, w // 3: 2 * w // 3], arr[:, 2 * w // 3:] = 257, 32768, 65535
+    arr[:, : w // 3], arr[:, w // 3 : 2 * w // 3], arr[:, 2 * w // 3 :] = 257, 32768, 65535
     return Image.fromarray(arr)
 
 
@@ -198,11 +218,12 @@ def heic_bytes(img: Image.Image) -> bytes | None:
 
         pillow_heif.register_heif_opener()
         return encode(img, "HEIF", quality=90)
-    except Exception:  # noqa: BLE001 - no encoder in this build
+    except Exception:  # no encoder in this build
         return None
 
 
 # ---------------------------------------------------------------- the suite
+
 
 def make_bad_inputs(tmp_path: str | Path) -> dict[str, Any]:
     """Write the bad-input files under ``tmp_path/bad_inputs`` and return ``{name: source}``.
@@ -235,8 +256,9 @@ def make_bad_inputs(tmp_path: str | Path) -> dict[str, Any]:
     cmyk.write_bytes(encode(cmyk_image(EXPECTED_SIZE["cmyk_jpeg"]), "JPEG", quality=95))
     out["cmyk_jpeg"] = str(cmyk)
     out["png_16bit"] = str(make_png(d / "gray16.png", gray16_image(EXPECTED_SIZE["png_16bit"])))
-    out["palette_transparency"] = str(make_png(d / "palette.png", palette_transparent_image(EXPECTED_SIZE["palette_transparency"]),
-                                               transparency=0))
+    out["palette_transparency"] = str(
+        make_png(d / "palette.png", palette_transparent_image(EXPECTED_SIZE["palette_transparency"]), transparency=0)
+    )
     (d / "animated.gif").write_bytes(animated_gif_bytes(EXPECTED_SIZE["animated_gif"]))
     out["animated_gif"] = str(d / "animated.gif")
     out["exif_rotated_6"] = str(make_jpeg(d / "exif6.jpg", EXPECTED_SIZE["exif_rotated_6"], 6))
@@ -260,8 +282,10 @@ def bad_inputs_frame(tmp_path: str | Path, image_key: str = "image"):
     import pandas as pd
 
     sources = make_bad_inputs(tmp_path)
-    return pd.DataFrame({
-        "name": list(sources),
-        image_key: pd.Series(list(sources.values()), dtype=object),
-        "expected_reason": pd.Series([EXPECTED_REASON[n] for n in sources], dtype=object),
-    })
+    return pd.DataFrame(
+        {
+            "name": list(sources),
+            image_key: pd.Series(list(sources.values()), dtype=object),
+            "expected_reason": pd.Series([EXPECTED_REASON[n] for n in sources], dtype=object),
+        }
+    )

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import bad_inputs` from any test folder
 
-from bad_inputs import make_bad_inputs  # noqa: E402
+from bad_inputs import make_bad_inputs
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -8,8 +8,16 @@ from dataflow.storage.cache_folder import CacheFolderReadError, format_steps, lo
 
 
 def manifest(step, operator="ScoreRangeFilter", **extra):
-    return {"step": step, "operator": operator, "rows_in": 10, "rows_out": 8, "rows_rejected": 2, "seconds": 0.123,
-            "new_columns": [], **extra}
+    return {
+        "step": step,
+        "operator": operator,
+        "rows_in": 10,
+        "rows_out": 8,
+        "rows_rejected": 2,
+        "seconds": 0.123,
+        "new_columns": [],
+        **extra,
+    }
 
 
 def write(folder, name, meta):
@@ -41,8 +49,11 @@ def test_manifests_sorted_by_step_and_misnamed_ones_ignored(tmp_path):
 
 
 def test_format_steps_table(tmp_path):
-    write(tmp_path, "p_step1.meta.json", manifest(1, "ImageMetadataEvaluator", rows_rejected=0, rows_out=10,
-                                                  new_columns=["width", "height"]))
+    write(
+        tmp_path,
+        "p_step1.meta.json",
+        manifest(1, "ImageMetadataEvaluator", rows_rejected=0, rows_out=10, new_columns=["width", "height"]),
+    )
     write(tmp_path, "p_step2.meta.json", manifest(2, seconds=12.5))
     assert format_steps(str(tmp_path), "p").splitlines() == [
         "step  operator                in  out  rejected  seconds  new columns",

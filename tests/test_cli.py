@@ -15,8 +15,9 @@ def write_config(tmp_path, steps: str, entry=None, cache=None) -> str:
     entry = entry or REPO / "example_data" / "images.jsonl"
     cache = cache or tmp_path / "cache"
     path = tmp_path / "cfg.yaml"
-    path.write_text(f"storage: {{first_entry_file_name: {entry}, cache_path: {cache}, file_name_prefix: demo}}\n"
-                    f"steps:\n{steps}")
+    path.write_text(
+        f"storage: {{first_entry_file_name: {entry}, cache_path: {cache}, file_name_prefix: demo}}\nsteps:\n{steps}"
+    )
     return str(path)
 
 
@@ -34,10 +35,12 @@ def test_run_demo_config_then_resume(tmp_path, capsys):
 
 
 def test_run_reports_every_config_problem_with_suggestions(tmp_path, capsys):
-    steps = ("  - operator: ImageMetadataEvaluater\n"
-             "  - operator: ScoreRangeFilter\n    params: {min_scor: 3}\n    run: {input_score_key: width}\n"
-             "  - operator: ScoreRangeFilter\n    params: {min_score: high}\n    run: {input_score_key: width}\n"
-             "  - operator: ScoreRangeFilter\n    params: {min_score: 1}\n")
+    steps = (
+        "  - operator: ImageMetadataEvaluater\n"
+        "  - operator: ScoreRangeFilter\n    params: {min_scor: 3}\n    run: {input_score_key: width}\n"
+        "  - operator: ScoreRangeFilter\n    params: {min_score: high}\n    run: {input_score_key: width}\n"
+        "  - operator: ScoreRangeFilter\n    params: {min_score: 1}\n"
+    )
     code = main(["run", write_config(tmp_path, steps)])
     err = capsys.readouterr().err
     assert code == 2
@@ -80,8 +83,13 @@ def test_broken_user_operator_is_reported(tmp_path):
     ops_dir = tmp_path / "operators"
     ops_dir.mkdir()
     (ops_dir / "broken_op.py").write_text("import does_not_exist_anywhere\n")
-    proc = subprocess.run([sys.executable, "-m", "dataflow", "ops"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataflow", "ops"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 2
     assert "broken_op.py" in proc.stderr and "does_not_exist_anywhere" in proc.stderr
 
@@ -93,15 +101,20 @@ def test_operators_path_setting(tmp_path, capsys):
         "from dataflow.core import OperatorABC\nfrom dataflow.utils.registry import OPERATOR_REGISTRY\n"
         "@OPERATOR_REGISTRY.register()\nclass EnvPathFilter(OperatorABC):\n"
         "    '''Found through DATAFLOW_OPERATORS_PATH.'''\n    category = 'filter'\n"
-        "    def run(self, storage):\n        storage.write(storage.read())\n")
-    proc = subprocess.run([sys.executable, "-m", "dataflow", "ops"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "DATAFLOW_OPERATORS_PATH": str(extra)})
+        "    def run(self, storage):\n        storage.write(storage.read())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataflow", "ops"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "DATAFLOW_OPERATORS_PATH": str(extra)},
+    )
     assert proc.returncode == 0 and "EnvPathFilter" in proc.stdout
 
 
 def test_inspect_table_rows_and_rejected(tmp_path, capsys):
-    steps = ("  - operator: ImageMetadataEvaluator\n"
-             "  - operator: ImageExactDeduplicateFilter\n")
+    steps = "  - operator: ImageMetadataEvaluator\n  - operator: ImageExactDeduplicateFilter\n"
     assert main(["run", write_config(tmp_path, steps)]) == 0
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "cache")]) == 0
@@ -118,8 +131,12 @@ def test_inspect_table_rows_and_rejected(tmp_path, capsys):
 
 
 def test_console_script_help():
-    proc = subprocess.run([sys.executable, "-m", "dataflow", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataflow", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0
     for verb in ("run", "ops", "inspect"):
         assert verb in proc.stdout
@@ -127,8 +144,18 @@ def test_console_script_help():
 
 @pytest.mark.parametrize("cache_type", ["parquet", "csv"])
 def test_demo_runs_with_other_cache_types(tmp_path, cache_type):
-    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "demo_pipeline.py"), "--cache",
-                           str(tmp_path / "c"), "--cache-type", cache_type], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pipelines" / "demo_pipeline.py"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--cache-type",
+            cache_type,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "c" / f"demo_step4.{cache_type}").exists()

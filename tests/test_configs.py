@@ -1,7 +1,5 @@
 """Every shipped config validates and compiles; the ones that need no downloaded model run."""
 
-import shutil
-
 import pytest
 from shared_data import REPO
 

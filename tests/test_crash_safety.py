@@ -60,8 +60,13 @@ def start(tmp_path, cache, gate, started, log, src):
     script = tmp_path / "pipe.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(script), str(cache), str(gate), str(started), str(log), str(src)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(cache), str(gate), str(started), str(log), str(src)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path, proc, timeout=60):
@@ -127,9 +132,9 @@ def test_second_run_on_same_cache_is_refused(tmp_path, src):
 
 
 def test_full_disk_names_the_folder_and_keeps_earlier_steps(tmp_path, src, monkeypatch):
+    import dataflow.storage.file_storage as fs
     from dataflow.operators.core_vision import ScoreRangeFilter
     from dataflow.utils.storage import FileStorage
-    import dataflow.storage.file_storage as fs
 
     storage = FileStorage(src, cache_path=tmp_path / "cache", file_name_prefix="d")
     ScoreRangeFilter(min_score=2).run(storage.step(), input_score_key="x")
@@ -158,7 +163,7 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path, src):
         CacheLock(blocker / "cache").acquire()
 
 
-NO_FCNTL = textwrap.dedent('''
+NO_FCNTL = textwrap.dedent("""
     import sys, warnings
     sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
     warnings.simplefilter("ignore")  # filelock warns that only its soft lock is left
@@ -169,13 +174,14 @@ NO_FCNTL = textwrap.dedent('''
         except CacheLockedError as exc:
             print(exc)
     print("fcntl" in sys.modules and sys.modules["fcntl"] is None)
-''')
+""")
 
 
 def test_lock_imports_and_locks_without_fcntl(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", NO_FCNTL, str(tmp_path / "cache")], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_FCNTL, str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     refused, fcntl_blocked = done.stdout.splitlines()
     assert "in use by another run (pid " in refused

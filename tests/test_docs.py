@@ -49,8 +49,7 @@ def generated() -> docs_gen.GeneratedDocs:
 
 def test_committed_docs_match_the_code(generated):
     problems = docs_gen.stale_files(generated, DOCS)
-    assert not problems, ("docs are stale:\n" + "\n".join(problems)
-                          + f"\n\nregenerate them with: {docs_gen.REGENERATE}")
+    assert not problems, "docs are stale:\n" + "\n".join(problems) + f"\n\nregenerate them with: {docs_gen.REGENERATE}"
 
 
 def test_every_builtin_operator_has_a_page_with_a_working_example(generated):
@@ -120,8 +119,10 @@ def test_param_docs_convention():
     Returns:
         nothing.
     """
-    assert docs_gen.parse_param_docs(google) == {"threshold": "how similar is too similar, as a cosine.",
-                                                 "keep": "which row stays."}
+    assert docs_gen.parse_param_docs(google) == {
+        "threshold": "how similar is too similar, as a cosine.",
+        "keep": "which row stays.",
+    }
     assert docs_gen.parse_param_docs("Keeps.\n\n    Args:\n        keep: the first one\n") == {"keep": "the first one"}
     assert docs_gen.parse_param_docs("No sections.\n\n    indented: not a parameter\n") == {}
     assert not hasattr(docs_gen, "PARAM_MEANINGS")  # meanings come from the operators' docstrings only

@@ -82,10 +82,15 @@ def test_a_declared_example_is_shown_not_run(tmp_path, monkeypatch):
         """
 
         columns = ("one",)
-        example = Example.on_example_data("Declared", """
+        example = Example.on_example_data(
+            "Declared",
+            """
             op = Declared()
             op.run(storage.step())
-            """, module="my_project.operators", note="A note above the code.")
+            """,
+            module="my_project.operators",
+            note="A note above the code.",
+        )
 
         def score(self, source, base_dir):
             return {"one": 1.0}

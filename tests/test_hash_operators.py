@@ -4,7 +4,6 @@ import json
 
 import imagehash
 import numpy as np
-import pandas as pd
 import pytest
 from shared_data import REPO, shared
 
@@ -25,7 +24,10 @@ def rows_file(tmp_path, rows, name="rows.jsonl"):
 def test_hash_evaluator_equals_imagehash_on_full_decode(tmp_path):
     folder = shared("imagededup_tests")
     storage = FileStorage(folder, cache_path=tmp_path / "c")
-    assert ImageHashEvaluator(method="phash", draft=False, num_workers=1).run(storage.step()) == ["phash", "image_error"]
+    assert ImageHashEvaluator(method="phash", draft=False, num_workers=1).run(storage.step()) == [
+        "phash",
+        "image_error",
+    ]
     df = storage.step().read()
     good = df[df.image_error.isna()]
     assert len(good) == 31
@@ -69,8 +71,10 @@ def chain_rows():
     a = 0
     b = a ^ 0b111  # 3 bits from a
     c = b ^ 0b111000  # 3 bits from b, 6 from a
-    return [{"image": name, "h": f"{h:016x}", "score": s} for name, h, s in
-            [("a", a, 1.0), ("b", b, 3.0), ("c", c, 2.0), ("z", 2**64 - 1, 0.0)]]
+    return [
+        {"image": name, "h": f"{h:016x}", "score": s}
+        for name, h, s in [("a", a, 1.0), ("b", b, 3.0), ("c", c, 2.0), ("z", 2**64 - 1, 0.0)]
+    ]
 
 
 def test_transitive_drops_the_chain_non_transitive_keeps_its_end(tmp_path):
@@ -93,8 +97,9 @@ def test_keep_column_highest_wins(tmp_path):
     ImageHashDeduplicateFilter(max_distance=4, keep="score").run(storage.step(), input_hash_key="h")
     assert storage.step().read()["image"].tolist() == ["b", "z"]
     with pytest.raises(KeyError, match="keep='nope' is not a column"):
-        ImageHashDeduplicateFilter(keep="nope").run(FileStorage(src, cache_path=tmp_path / "x").step(),
-                                                    input_hash_key="h")
+        ImageHashDeduplicateFilter(keep="nope").run(
+            FileStorage(src, cache_path=tmp_path / "x").step(), input_hash_key="h"
+        )
 
 
 def test_keep_largest_reads_sizes(tmp_path):
@@ -107,8 +112,10 @@ def test_keep_largest_reads_sizes(tmp_path):
 
 
 def test_reuses_hash_column_without_decoding(tmp_path):
-    rows = [{"image": f"gone/{i}.jpg", "phash": h, "image_error": None}
-            for i, h in enumerate(["ffff000000000000", "ffff000000000001", "0f0f0f0f0f0f0f0f"])]
+    rows = [
+        {"image": f"gone/{i}.jpg", "phash": h, "image_error": None}
+        for i, h in enumerate(["ffff000000000000", "ffff000000000001", "0f0f0f0f0f0f0f0f"])
+    ]
     rows.append({"image": "gone/x.jpg", "phash": None, "image_error": "truncated"})
     storage = FileStorage(rows_file(tmp_path, rows), cache_path=tmp_path / "c")
     ImageHashDeduplicateFilter().run(storage.step(), input_hash_key="phash")
@@ -149,8 +156,18 @@ def test_hash_workers_run_under_spawn_as_on_macos(tmp_path):
 
     images = sorted(str(p) for p in (REPO / "example_data" / "images").glob("scene_*.jpg"))
     items = (images * 5)[:60]  # above the in-process cut-off, so a real pool starts
-    spawned = map_items(hash_thumbnail, items, num_workers=2, mp_context="spawn", base_dir=None, method="phash",
-                        hash_size=8, draft=True, max_pixels=None)
-    inline = map_items(hash_thumbnail, items, num_workers=1, base_dir=None, method="phash", hash_size=8, draft=True,
-                       max_pixels=None)
+    spawned = map_items(
+        hash_thumbnail,
+        items,
+        num_workers=2,
+        mp_context="spawn",
+        base_dir=None,
+        method="phash",
+        hash_size=8,
+        draft=True,
+        max_pixels=None,
+    )
+    inline = map_items(
+        hash_thumbnail, items, num_workers=1, base_dir=None, method="phash", hash_size=8, draft=True, max_pixels=None
+    )
     assert all(a.error is None and np.array_equal(a.value, b.value) for a, b in zip(spawned, inline))

@@ -35,10 +35,17 @@ def builtins() -> dict[str, type]:
 
 # ------------------------------------------------------------------------------------------ one file
 def test_no_module_outside_the_operators_folder_names_a_builtin_operator():
-    sources = {p: p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")
-               if "operators" not in p.relative_to(PACKAGE).parts[:1]}
-    leaks = [f"{name} in {path.relative_to(REPO)}" for name in builtins() for path, text in sources.items()
-             if re.search(rf"\b{name}\b", text)]
+    sources = {
+        p: p.read_text(encoding="utf-8")
+        for p in PACKAGE.rglob("*.py")
+        if "operators" not in p.relative_to(PACKAGE).parts[:1]
+    }
+    leaks = [
+        f"{name} in {path.relative_to(REPO)}"
+        for name in builtins()
+        for path, text in sources.items()
+        if re.search(rf"\b{name}\b", text)
+    ]
     assert not leaks, "built-in operator names outside dataflow/operators/:\n" + "\n".join(leaks)
 
 
@@ -51,8 +58,12 @@ def test_builtin_declares_descriptions_and_documents_every_parameter(name):
     assert "Parameters:" in doc, f"{name}: the class docstring has no Parameters section"
     section = doc.split("Parameters:", 1)[1]
     documented = set(re.findall(r"^ {4}(\w+):", section, flags=re.MULTILINE))
-    params = [p for fn in (cls.__init__, getattr(cls.run, "__wrapped_run__", cls.run))
-              for p in inspect.signature(fn).parameters if p not in ("self", "storage", "kwargs")]
+    params = [
+        p
+        for fn in (cls.__init__, getattr(cls.run, "__wrapped_run__", cls.run))
+        for p in inspect.signature(fn).parameters
+        if p not in ("self", "storage", "kwargs")
+    ]
     missing = [p for p in params if p not in documented]
     assert not missing, f"{name}: parameters without a meaning in the docstring: {missing}"
     assert cls.execution in ("rowwise", "table", "dedup")
@@ -74,8 +85,9 @@ class ByColumn(PipelineABC):
 
 def test_compile_checks_a_column_named_by_a_parameter(tmp_path):
     src = tmp_path / "in.jsonl"
-    pd.DataFrame({"image": ["a.jpg"], "phash": ["0" * 16], "sharpness": [1.0]}).to_json(src, orient="records",
-                                                                                          lines=True)
+    pd.DataFrame({"image": ["a.jpg"], "phash": ["0" * 16], "sharpness": [1.0]}).to_json(
+        src, orient="records", lines=True
+    )
     ByColumn(src, tmp_path / "ok", keep="sharpness").compile()
     ByColumn(src, tmp_path / "ok2", keep="largest").compile()
     with pytest.raises(PipelineCompileError, match=r"keep='sharpnes' is not a column at that point"):

@@ -44,8 +44,12 @@ def check_accounting(storage: FileStorage, steps: int) -> list[dict]:
 
 def output(storage: FileStorage, step: int = 1) -> pd.DataFrame:
     """The rows written at ``step`` (a fresh storage on the same cache, positioned there)."""
-    fresh = FileStorage(storage.first_entry_file_name, cache_path=storage.cache_path,
-                        file_name_prefix=storage.file_name_prefix, cache_type=storage.cache_type)
+    fresh = FileStorage(
+        storage.first_entry_file_name,
+        cache_path=storage.cache_path,
+        file_name_prefix=storage.file_name_prefix,
+        cache_type=storage.cache_type,
+    )
     for _ in range(step + 1):
         fresh.step()
     return fresh.read()
@@ -65,8 +69,9 @@ def example_quality(tmp_path_factory) -> pd.DataFrame:
 
 def test_quality_moves_the_right_way_on_oxford_sequences(tmp_path):
     storage = FileStorage(shared("oxford_affine"), cache_path=tmp_path / "c", file_name_prefix="t")
-    ImageQualityEvaluator(metrics=["sharpness", "blur_score", "brightness", "dark_score", "jpeg_bpp", "entropy"],
-                          num_workers=1).run(storage.step())
+    ImageQualityEvaluator(
+        metrics=["sharpness", "blur_score", "brightness", "dark_score", "jpeg_bpp", "entropy"], num_workers=1
+    ).run(storage.step())
     check_accounting(storage, 1)
     df = output(storage).set_index("image")
     assert len(df) == 24 and df.image_error.isna().all()
@@ -210,8 +215,11 @@ def test_resolution_filter_reads_headers_when_no_columns(tmp_path):
     kept = output(storage)
     assert len(kept) == 26 and "width" not in kept.columns  # a filter adds nothing to the rows it keeps
     rejected = storage.read_rejected(1).set_index("image")
-    assert rejected.reason.to_dict() == {"images/tiny.jpg": "too_small", "images/truncated.jpg": "truncated",
-                                         "images/missing.jpg": "missing"}
+    assert rejected.reason.to_dict() == {
+        "images/tiny.jpg": "too_small",
+        "images/truncated.jpg": "truncated",
+        "images/missing.jpg": "missing",
+    }
     tiny = rejected.loc["images/tiny.jpg"]
     assert (tiny.width, tiny.height) == (24, 18) and tiny.detail == "width 24 < min_width 64"
 
@@ -224,8 +232,11 @@ def test_resolution_filter_upper_bounds(tmp_path):
     rejected = storage.read_rejected(2).set_index("image")
     assert rejected.loc["images/very_wide.jpg", "reason"] == "too_large_resolution"
     assert rejected.loc["images/very_wide.jpg", "detail"] == "width 1200 > max_width 1000"
-    assert rejected.reason.to_dict() == {"images/very_wide.jpg": "too_large_resolution",
-                                         "images/truncated.jpg": "truncated", "images/missing.jpg": "missing"}
+    assert rejected.reason.to_dict() == {
+        "images/very_wide.jpg": "too_large_resolution",
+        "images/truncated.jpg": "truncated",
+        "images/missing.jpg": "missing",
+    }
     with pytest.raises(ValueError, match="greater than"):
         ImageResolutionFilter(min_width=10, max_width=5)
 
@@ -236,8 +247,11 @@ def test_aspect_ratio_filter_reads_headers_when_no_columns(tmp_path):
     check_accounting(storage, 1)
     assert len(output(storage)) == 26
     rejected = storage.read_rejected(1).set_index("image")
-    assert rejected.reason.to_dict() == {"images/very_wide.jpg": "aspect_ratio_out_of_range",
-                                         "images/truncated.jpg": "truncated", "images/missing.jpg": "missing"}
+    assert rejected.reason.to_dict() == {
+        "images/very_wide.jpg": "aspect_ratio_out_of_range",
+        "images/truncated.jpg": "truncated",
+        "images/missing.jpg": "missing",
+    }
     assert rejected.loc["images/very_wide.jpg", "aspect_ratio"] == 10.0
     with pytest.raises(ValueError, match="greater than"):
         ImageAspectRatioFilter(min_ratio=2, max_ratio=1)
@@ -263,8 +277,11 @@ def test_size_filters_reuse_columns_without_opening_images(tmp_path, monkeypatch
     check_accounting(storage, 2)
     assert output(storage, 2).image.tolist() == ["gone/a.jpg"]
     first = storage.read_rejected(1).set_index("image")
-    assert first.reason.to_dict() == {"gone/b.jpg": "too_small", "gone/d.jpg": "too_large_resolution",
-                                      "gone/e.jpg": "truncated"}
+    assert first.reason.to_dict() == {
+        "gone/b.jpg": "too_small",
+        "gone/d.jpg": "too_large_resolution",
+        "gone/e.jpg": "truncated",
+    }
     second = storage.read_rejected(2).set_index("image")
     assert second.reason.to_dict() == {"gone/c.jpg": "aspect_ratio_out_of_range"}
     assert second.loc["gone/c.jpg", "aspect_ratio"] == 20.0
@@ -273,8 +290,11 @@ def test_size_filters_reuse_columns_without_opening_images(tmp_path, monkeypatch
     no_ratio = rows_storage(tmp_path, [{k: v for k, v in r.items() if k != "aspect_ratio"} for r in rows], "w")
     ImageAspectRatioFilter(min_ratio=0.5, max_ratio=1.4, num_workers=1).run(no_ratio.step())
     rejected = no_ratio.read_rejected(1).set_index("image")
-    assert rejected.reason.to_dict() == {"gone/c.jpg": "aspect_ratio_out_of_range",
-                                         "gone/d.jpg": "aspect_ratio_out_of_range", "gone/e.jpg": "truncated"}
+    assert rejected.reason.to_dict() == {
+        "gone/c.jpg": "aspect_ratio_out_of_range",
+        "gone/d.jpg": "aspect_ratio_out_of_range",
+        "gone/e.jpg": "truncated",
+    }
     assert rejected.loc["gone/d.jpg", "aspect_ratio"] == 1.5
 
 
@@ -288,8 +308,11 @@ def test_size_filters_read_only_rows_the_columns_do_not_cover(tmp_path, monkeypa
 
     monkeypatch.setattr(_size, "header_size", counting)
     tiny = str(REPO / "example_data" / "images" / "tiny.jpg")
-    rows = [{"image": "gone/a.jpg", "width": 640, "height": 480}, {"image": tiny, "width": None, "height": None},
-            {"image": "gone/x.jpg", "width": None, "height": None}]
+    rows = [
+        {"image": "gone/a.jpg", "width": 640, "height": 480},
+        {"image": tiny, "width": None, "height": None},
+        {"image": "gone/x.jpg", "width": None, "height": None},
+    ]
     storage = rows_storage(tmp_path, rows)
     ImageResolutionFilter(min_width=64, num_workers=1).run(storage.step())
     assert calls == [tiny, "gone/x.jpg"]
@@ -315,14 +338,22 @@ def test_filters_after_the_quality_evaluator_reuse_its_columns(tmp_path, monkeyp
 
 def expected_profile(storage: FileStorage) -> None:
     metas = check_accounting(storage, 7)
-    assert [m["operator"] for m in metas] == ["ImageMetadataEvaluator", "ImageResolutionFilter",
-                                               "ImageAspectRatioFilter", "ImageQualityEvaluator",
-                                               "ScoreRangeFilter", "ImageExactDeduplicateFilter",
-                                               "ImageHashDeduplicateFilter"]
+    assert [m["operator"] for m in metas] == [
+        "ImageMetadataEvaluator",
+        "ImageResolutionFilter",
+        "ImageAspectRatioFilter",
+        "ImageQualityEvaluator",
+        "ScoreRangeFilter",
+        "ImageExactDeduplicateFilter",
+        "ImageHashDeduplicateFilter",
+    ]
     assert metas[0]["rows_in"] == 29 and metas[-2]["rows_out"] == 21
     reasons = {i: storage.read_rejected(i).set_index("image").reason.to_dict() for i in (2, 3, 5, 6)}
-    assert reasons[2] == {"images/tiny.jpg": "too_small", "images/truncated.jpg": "truncated",
-                          "images/missing.jpg": "missing"}
+    assert reasons[2] == {
+        "images/tiny.jpg": "too_small",
+        "images/truncated.jpg": "truncated",
+        "images/missing.jpg": "missing",
+    }
     assert reasons[3] == {"images/very_wide.jpg": "aspect_ratio_out_of_range"}
     assert reasons[5] == {"images/dark.jpg": "below_min", "images/flat_gray.png": "below_min"}
     assert reasons[6] == {"images/scene_00_copy.jpg": "exact_duplicate", "images/scene_03_copy.jpg": "exact_duplicate"}

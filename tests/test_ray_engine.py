@@ -22,21 +22,30 @@ import pytest
 from shared_data import REPO, shared
 
 from dataflow.core import OperatorABC
-from dataflow.operators.core_vision import (ImageExactDeduplicateFilter, ImageHashDeduplicateFilter,
-                                            ImageHistogramDeduplicateFilter, ImageHistogramEvaluator,
-                                            ImageMetadataEvaluator, ImageQualityEvaluator, ScoreRangeFilter)
+from dataflow.operators.core_vision import (
+    ImageExactDeduplicateFilter,
+    ImageHashDeduplicateFilter,
+    ImageHistogramDeduplicateFilter,
+    ImageHistogramEvaluator,
+    ImageMetadataEvaluator,
+    ImageQualityEvaluator,
+    ScoreRangeFilter,
+)
 from dataflow.pipeline import PipelineABC
 from dataflow.utils.storage import FileStorage
 
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's per-dataset logs would drown a failure
 try:
     import ray
-    import ray.data  # noqa: F401
+    import ray.data
+
+    assert ray.data.Dataset  # Ray Data itself imports, not just ray
 except ImportError:  # the tests that need Ray skip; the one about the missing-Ray message still runs
     ray = None
 
-needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed: pip install 'dataflow[ray]' to run the "
-                               "Ray engine tests")
+needs_ray = pytest.mark.skipif(
+    ray is None, reason="Ray is not installed: pip install 'dataflow[ray]' to run the Ray engine tests"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +54,7 @@ def local_ray():
     if ray is None:
         pytest.skip("Ray is not installed: pip install 'dataflow[ray]'")
     os.environ.setdefault("DATAFLOW_PROGRESS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -93,8 +101,9 @@ class PhotoPipeline(PipelineABC):
         self.min_width = ScoreRangeFilter(min_score=64)
         self.exact = ImageExactDeduplicateFilter(on="bytes")
         self.phash = ImageHashDeduplicateFilter(method="phash", max_distance=max_distance)
-        self.phash_largest = ImageHashDeduplicateFilter(method="dhash", max_distance=12, transitive=False,
-                                                        keep="largest")
+        self.phash_largest = ImageHashDeduplicateFilter(
+            method="dhash", max_distance=12, transitive=False, keep="largest"
+        )
 
     def forward(self):
         self.meta.run(self.storage.step(), input_image_key="image")
@@ -111,9 +120,26 @@ def _read(storage: FileStorage, step: int) -> pd.DataFrame:
     return s.read()
 
 
-SAME_FIELDS = ("step", "operator", "params", "input_keys", "output_keys", "rows_in", "rows_out", "rows_rejected",
-               "rejected_reasons", "fingerprint", "input_fingerprint", "columns", "new_columns", "file",
-               "rejected_file", "cache_type", "first_entry_file_name", "image_base")
+SAME_FIELDS = (
+    "step",
+    "operator",
+    "params",
+    "input_keys",
+    "output_keys",
+    "rows_in",
+    "rows_out",
+    "rows_rejected",
+    "rejected_reasons",
+    "fingerprint",
+    "input_fingerprint",
+    "columns",
+    "new_columns",
+    "file",
+    "rejected_file",
+    "cache_type",
+    "first_entry_file_name",
+    "image_base",
+)
 
 
 def assert_same_steps(local: FileStorage, on_ray: FileStorage, steps: int) -> None:
@@ -126,8 +152,9 @@ def assert_same_steps(local: FileStorage, on_ray: FileStorage, steps: int) -> No
         assert sum(mr["rejected_reasons"].values()) == mr["rows_rejected"]
         assert on_ray.step_path(step).is_dir()  # a folder of Parquet shards
         pd.testing.assert_frame_equal(_read(local, step), _read(on_ray, step), obj=f"step {step} kept rows")
-        pd.testing.assert_frame_equal(local.read_rejected(step), on_ray.read_rejected(step),
-                                      obj=f"step {step} rejected rows")
+        pd.testing.assert_frame_equal(
+            local.read_rejected(step), on_ray.read_rejected(step), obj=f"step {step} rejected rows"
+        )
 
 
 def run_both(make, tmp_path, resources=None):
@@ -147,8 +174,9 @@ def run_both(make, tmp_path, resources=None):
 @needs_ray
 def test_photos_same_kept_and_rejected_rows_as_local(local_ray, photo_manifest, tmp_path):
     # small batches: every step runs as several tasks and the dedups shuffle across partitions
-    local, on_ray = run_both(lambda c: PhotoPipeline(photo_manifest, c), tmp_path,
-                             resources={i: {"batch_size": 7} for i in range(1, 7)})
+    local, on_ray = run_both(
+        lambda c: PhotoPipeline(photo_manifest, c), tmp_path, resources={i: {"batch_size": 7} for i in range(1, 7)}
+    )
     assert_same_steps(local.storage, on_ray.storage, 6)
     meta = {s: on_ray.storage.manifest(s) for s in range(1, 7)}
     assert meta[1]["rows_in"] == meta[1]["rows_out"] == len(photo_manifest.read_text().splitlines())
@@ -266,14 +294,16 @@ def test_hash_column_dedup_identical_on_synthetic_clusters(local_ray, tmp_path):
         for bit in rng.choice(64, int(rng.integers(0, 5)), replace=False):
             h ^= 1 << int(bit)
         rows.append(h)
-    df = pd.DataFrame({"id": range(len(rows)), "phash": [f"{h:016x}" for h in rows],
-                       "score": rng.random(len(rows)).round(3)})
+    df = pd.DataFrame(
+        {"id": range(len(rows)), "phash": [f"{h:016x}" for h in rows], "score": rng.random(len(rows)).round(3)}
+    )
     df.loc[::97, "phash"] = None  # rows without a hash are rejected with a reason, never dropped
     df.loc[::89, "score"] = None
     src = tmp_path / "hashes.parquet"
     df.to_parquet(src)
-    local, on_ray = run_both(lambda c: HashRows(src, c), tmp_path, resources={"ImageHashDeduplicateFilter":
-                                                                              {"batch_size": 150}})
+    local, on_ray = run_both(
+        lambda c: HashRows(src, c), tmp_path, resources={"ImageHashDeduplicateFilter": {"batch_size": 150}}
+    )
     assert_same_steps(local.storage, on_ray.storage, 2)
     assert on_ray.storage.manifest(1)["rejected_reasons"]["missing_hash"] == len(df.loc[::97])
     assert on_ray.storage.manifest(1)["rejected_reasons"]["near_duplicate"] > 300
@@ -293,8 +323,11 @@ class HistogramPipeline(PipelineABC):
 @needs_ray
 def test_vector_dedup_across_shards_identical_with_true_max_similarity(local_ray, photo_manifest, tmp_path):
     # batch_size 8: vector shards of 32 rows, so pairs and best scores come from several shard pairs
-    local, on_ray = run_both(lambda c: HistogramPipeline(photo_manifest, c), tmp_path,
-                             resources={"ImageHistogramDeduplicateFilter": {"batch_size": 8}})
+    local, on_ray = run_both(
+        lambda c: HistogramPipeline(photo_manifest, c),
+        tmp_path,
+        resources={"ImageHistogramDeduplicateFilter": {"batch_size": 8}},
+    )
     assert_same_steps(local.storage, on_ray.storage, 2)
     kept, dropped = _read(on_ray.storage, 2), on_ray.storage.read_rejected(2)
     assert kept["max_similarity"].notna().all()  # the true nearest neighbour, also below the threshold
@@ -305,24 +338,30 @@ def test_vector_dedup_across_shards_identical_with_true_max_similarity(local_ray
 def test_cli_run_engine_ray_then_inspect_and_read(local_ray, tmp_path, capsys):
     from dataflow.cli import main
 
-    steps = ("  - operator: ImageMetadataEvaluator\n    run: {input_image_key: image}\n    ray: {num_cpus: 1}\n"
-             "  - operator: ImageResolutionFilter\n    params: {min_width: 64, min_height: 64}\n"
-             "    run: {input_image_key: image}\n"
-             "  - operator: ImageExactDeduplicateFilter\n    run: {input_image_key: image}\n"
-             "  - operator: ImageHashEvaluator\n    run: {input_image_key: image, output_hash_key: phash}\n"
-             "  - operator: ImageHashDeduplicateFilter\n    params: {max_distance: 10}\n"
-             "    run: {input_hash_key: phash}\n    ray: {batch_size: 5}\n")
+    steps = (
+        "  - operator: ImageMetadataEvaluator\n    run: {input_image_key: image}\n    ray: {num_cpus: 1}\n"
+        "  - operator: ImageResolutionFilter\n    params: {min_width: 64, min_height: 64}\n"
+        "    run: {input_image_key: image}\n"
+        "  - operator: ImageExactDeduplicateFilter\n    run: {input_image_key: image}\n"
+        "  - operator: ImageHashEvaluator\n    run: {input_image_key: image, output_hash_key: phash}\n"
+        "  - operator: ImageHashDeduplicateFilter\n    params: {max_distance: 10}\n"
+        "    run: {input_hash_key: phash}\n    ray: {batch_size: 5}\n"
+    )
     entry = REPO / "example_data" / "images.jsonl"
     for engine in ("local", "ray"):
         cfg = tmp_path / f"{engine}.yaml"
-        cfg.write_text(f"storage: {{first_entry_file_name: {entry}, cache_path: {tmp_path / engine}, "
-                       f"file_name_prefix: demo, cache_type: jsonl}}\nsteps:\n{steps}")
+        cfg.write_text(
+            f"storage: {{first_entry_file_name: {entry}, cache_path: {tmp_path / engine}, "
+            f"file_name_prefix: demo, cache_type: jsonl}}\nsteps:\n{steps}"
+        )
         assert main(["run", str(cfg), "--engine", engine]) == 0
     out = capsys.readouterr().out
     assert "demo_step5.parquet" in out  # the Ray engine writes Parquet whatever cache_type says
     assert main(["run", str(tmp_path / "ray.yaml"), "--engine", "ray"]) == 0  # resumed: nothing rewritten
-    assert all(json.loads((tmp_path / "ray" / f"demo_step{s}.meta.json").read_text())["cache_type"] == "parquet"
-               for s in range(1, 6))
+    assert all(
+        json.loads((tmp_path / "ray" / f"demo_step{s}.meta.json").read_text())["cache_type"] == "parquet"
+        for s in range(1, 6)
+    )
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "ray")]) == 0
     table = capsys.readouterr().out
@@ -344,8 +383,10 @@ def test_config_accepts_ray_options_and_reports_bad_ones(tmp_path):
     from dataflow.core.config import ConfigError, build_pipeline
 
     entry = REPO / "example_data" / "images.jsonl"
-    good = {"storage": {"first_entry_file_name": str(entry), "cache_path": str(tmp_path)},
-            "steps": [{"operator": "ImageMetadataEvaluator", "ray": {"num_cpus": 0.5, "batch_size": 64}}]}
+    good = {
+        "storage": {"first_entry_file_name": str(entry), "cache_path": str(tmp_path)},
+        "steps": [{"operator": "ImageMetadataEvaluator", "ray": {"num_cpus": 0.5, "batch_size": 64}}],
+    }
     build_pipeline(good)
     bad = copy.deepcopy(good)
     bad["steps"][0]["ray"] = {"num_cpu": 1, "batch_size": 0}
@@ -362,8 +403,10 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(RayNotInstalledError, match=r"pip install 'dataflow\[ray\]'"):
         run_pipeline(PhotoPipeline(REPO / "example_data" / "images.jsonl", tmp_path))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"storage: {{first_entry_file_name: {REPO / 'example_data' / 'images.jsonl'}, "
-                   f"cache_path: {tmp_path / 'c'}}}\nsteps:\n  - operator: ImageMetadataEvaluator\n")
+    cfg.write_text(
+        f"storage: {{first_entry_file_name: {REPO / 'example_data' / 'images.jsonl'}, "
+        f"cache_path: {tmp_path / 'c'}}}\nsteps:\n  - operator: ImageMetadataEvaluator\n"
+    )
     stderr = io.StringIO()
     with redirect_stdout(io.StringIO()):
         monkeypatch.setattr(sys, "stderr", stderr)
@@ -382,7 +425,7 @@ def test_block_key_search_finds_exactly_the_local_pairs(t, partitions):
     base = rng.integers(0, 2**63, 3000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
     near = base[rng.integers(0, len(base), 3000)]
     for _ in range(3):  # chains of near copies, 0-3 bits away
-        near ^= (np.uint64(1) << rng.integers(0, 64, len(near)).astype(np.uint64)) * (rng.random(len(near)) < .7)
+        near ^= (np.uint64(1) << rng.integers(0, 64, len(near)).astype(np.uint64)) * (rng.random(len(near)) < 0.7)
     hot = np.uint64(0xFFFF) | (np.uint64(1) << rng.integers(16, 64, 400).astype(np.uint64))  # one hot block value
     hashes = np.concatenate([base, near, base[:200], hot]).astype(np.uint64)
     layout = _hamming.choose_key_layout(t, len(hashes))

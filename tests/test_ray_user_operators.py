@@ -42,8 +42,9 @@ def local_ray():
     os.environ.setdefault("DATAFLOW_PROGRESS", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=False)
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False
+        )
     yield ray
     if started:
         ray.shutdown()
@@ -75,8 +76,9 @@ class UserPipeline(PipelineABC):
     """UserRednessEvaluator -> UserCaptionLengthFilter -> UserCaptionDeduplicateFilter, from the registry."""
 
     def __init__(self, cache):
-        self.storage = FileStorage("example_data/images.jsonl", cache_path=cache, file_name_prefix="user",
-                                   cache_type="parquet")
+        self.storage = FileStorage(
+            "example_data/images.jsonl", cache_path=cache, file_name_prefix="user", cache_type="parquet"
+        )
         self.redness = OPERATOR_REGISTRY.get("UserRednessEvaluator")()
         self.words = OPERATOR_REGISTRY.get("UserCaptionLengthFilter")(min_words=6)
         self.dedup = OPERATOR_REGISTRY.get("UserCaptionDeduplicateFilter")()
@@ -107,13 +109,23 @@ def run_both(make, tmp_path, steps: int, batch_size: int = 5):
 def assert_same_steps(local: FileStorage, on_ray: FileStorage, steps: int) -> None:
     for step in range(1, steps + 1):
         ml, mr = local.manifest(step), on_ray.manifest(step)
-        for key in ("operator", "rows_in", "rows_out", "rows_rejected", "rejected_reasons", "thresholds",
-                    "fingerprint", "columns", "new_columns"):
+        for key in (
+            "operator",
+            "rows_in",
+            "rows_out",
+            "rows_rejected",
+            "rejected_reasons",
+            "thresholds",
+            "fingerprint",
+            "columns",
+            "new_columns",
+        ):
             assert ml[key] == mr[key], f"step {step}: manifest {key}: local {ml[key]!r} != ray {mr[key]!r}"
         assert len(list(on_ray.step_path(step).glob("part-*.parquet"))) > 1, "the step ran as several slices"
         pd.testing.assert_frame_equal(_read(local, step), _read(on_ray, step), obj=f"step {step} kept rows")
-        pd.testing.assert_frame_equal(local.read_rejected(step), on_ray.read_rejected(step),
-                                      obj=f"step {step} rejected rows")
+        pd.testing.assert_frame_equal(
+            local.read_rejected(step), on_ray.read_rejected(step), obj=f"step {step} rejected rows"
+        )
 
 
 def test_user_operators_same_rows_and_manifests_as_local(local_ray, user_project, recwarn):
@@ -122,8 +134,7 @@ def test_user_operators_same_rows_and_manifests_as_local(local_ray, user_project
     assert not [w for w in recwarn if "on the driver" in str(w.message)]  # every step was distributed
     meta = [on_ray.manifest(s) for s in (1, 2, 3)]
     assert meta[0]["new_columns"] == ["redness", "image_error"]
-    assert meta[1]["thresholds"] == [{"column": "caption_words", "param": "min_words", "side": "min",
-                                      "value": 6.0}]
+    assert meta[1]["thresholds"] == [{"column": "caption_words", "param": "min_words", "side": "min", "value": 6.0}]
     assert set(meta[1]["rejected_reasons"]) == {"short_caption"}
     assert meta[2]["rejected_reasons"] == {"same_caption": 2}  # two captions repeat an earlier row's, slices apart
     dups = on_ray.read_rejected(3)
@@ -160,8 +171,9 @@ class KeepEvenIds(OperatorABC):
 
 class IdiomPipeline(PipelineABC):
     def __init__(self, cache):
-        self.storage = FileStorage(REPO / "example_data" / "images.jsonl", cache_path=cache,
-                                   file_name_prefix="idiom", cache_type="parquet")
+        self.storage = FileStorage(
+            REPO / "example_data" / "images.jsonl", cache_path=cache, file_name_prefix="idiom", cache_type="parquet"
+        )
         self.long = KeepLongCaptions(min_chars=30)
         self.even = KeepEvenIds()
 
@@ -195,8 +207,12 @@ class SameWordsDeduplicateFilter(DedupFilter):
         self.keep = keep
 
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        return [ItemResult(" ".join(sorted(v.split()))) if isinstance(v, str) and v.strip()
-                else ItemResult(None, "missing_text", "no text") for v in df[keys["input_text_key"]].tolist()]
+        return [
+            ItemResult(" ".join(sorted(v.split())))
+            if isinstance(v, str) and v.strip()
+            else ItemResult(None, "missing_text", "no text")
+            for v in df[keys["input_text_key"]].tolist()
+        ]
 
     def image_key(self, keys: dict, columns) -> str | None:
         return None
@@ -220,8 +236,9 @@ def test_exact_dedup_with_keep_column_groups_and_unreadable_rows(local_ray, tmp_
     rng = np.random.default_rng(3)
     words = ["red", "green", "blue", "cat", "dog", "sun", "moon"]
     texts = [" ".join(rng.choice(words, 2, replace=False)) for _ in range(240)]
-    df = pd.DataFrame({"id": range(240), "text": texts, "other": [t.upper() for t in texts],
-                       "score": rng.random(240).round(2)})
+    df = pd.DataFrame(
+        {"id": range(240), "text": texts, "other": [t.upper() for t in texts], "score": rng.random(240).round(2)}
+    )
     df.loc[::23, "text"] = None  # no key: rejected with its reason, never dropped
     df.loc[::31, "score"] = None  # ranks last among its group
     src = tmp_path / "words.parquet"

@@ -53,8 +53,10 @@ def test_two_files_registering_one_name_is_an_error_naming_both(tmp_path, global
         global_registry.load_user_operators([second.parent])
     assert isinstance(info.value.__cause__, KeyError)
     message = info.value.__cause__.args[0]
-    assert message == (f"an operator named 'SameNameFilter' is already registered from {first}; {second} registers "
-                       "another class under that name")
+    assert message == (
+        f"an operator named 'SameNameFilter' is already registered from {first}; {second} registers "
+        "another class under that name"
+    )
     assert global_registry.get("SameNameFilter").__doc__ == "The first one."  # the first one stays
 
 
@@ -94,6 +96,7 @@ def test_another_class_under_the_same_name_in_one_registry():
     def make():
         class Op:
             pass
+
         return Op
 
     registry.register(Op)

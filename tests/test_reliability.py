@@ -15,12 +15,21 @@ from dataflow.utils.storage import FileStorage
 
 # Operators that take images; the rest read other columns only (vectors, scores).
 NOT_IMAGE_OPERATORS = {"ScoreRangeFilter", "ImageEmbeddingDeduplicateFilter", "CaptionLengthEvaluator"}
-MODEL_OPERATORS = {"ImageEmbeddingEvaluator", "ImageDeduplicateFilter", "ImageTextSimilarityEvaluator",
-                   "ImageTextSimilarityFilter", "ImageAestheticEvaluator"}
+MODEL_OPERATORS = {
+    "ImageEmbeddingEvaluator",
+    "ImageDeduplicateFilter",
+    "ImageTextSimilarityEvaluator",
+    "ImageTextSimilarityFilter",
+    "ImageAestheticEvaluator",
+}
 SCORE_COLUMNS = {  # a column each evaluator must leave null for unreadable rows
-    "ImageMetadataEvaluator": "width", "ImageQualityEvaluator": "sharpness", "ImageHashEvaluator": "phash",
-    "ImageHistogramEvaluator": "color_histogram", "ImageEmbeddingEvaluator": "embedding",
-    "ImageTextSimilarityEvaluator": "clip_score", "ImageAestheticEvaluator": "aesthetic_score",
+    "ImageMetadataEvaluator": "width",
+    "ImageQualityEvaluator": "sharpness",
+    "ImageHashEvaluator": "phash",
+    "ImageHistogramEvaluator": "color_histogram",
+    "ImageEmbeddingEvaluator": "embedding",
+    "ImageTextSimilarityEvaluator": "clip_score",
+    "ImageAestheticEvaluator": "aesthetic_score",
 }
 
 
@@ -31,8 +40,10 @@ def models(tmp_path_factory):
     from models.conftest import TINY_CLIP_DIM, make_tiny_aesthetic_weights, make_tiny_clip
 
     root = tmp_path_factory.mktemp("models")
-    return {"clip": str(make_tiny_clip(root / "clip")),
-            "aesthetic": str(make_tiny_aesthetic_weights(root / "a.pth", input_size=TINY_CLIP_DIM))}
+    return {
+        "clip": str(make_tiny_clip(root / "clip")),
+        "aesthetic": str(make_tiny_aesthetic_weights(root / "a.pth", input_size=TINY_CLIP_DIM)),
+    }
 
 
 def build(name: str, models: dict):
@@ -42,8 +53,11 @@ def build(name: str, models: dict):
         "ImageDeduplicateFilter": {"model_name": models.get("clip"), "device": "cpu"},
         "ImageTextSimilarityEvaluator": {"model_name": models.get("clip"), "device": "cpu"},
         "ImageTextSimilarityFilter": {"model_name": models.get("clip"), "device": "cpu", "min_score": -1.0},
-        "ImageAestheticEvaluator": {"model_path": models.get("aesthetic"), "clip_model_name": models.get("clip"),
-                                    "device": "cpu"},
+        "ImageAestheticEvaluator": {
+            "model_path": models.get("aesthetic"),
+            "clip_model_name": models.get("clip"),
+            "device": "cpu",
+        },
         "ImageResolutionFilter": {"min_width": 1, "min_height": 1},
         "ImageAspectRatioFilter": {"min_ratio": 1e-4, "max_ratio": 1e4},
     }.get(name, {})
@@ -51,8 +65,11 @@ def build(name: str, models: dict):
 
 
 def image_operators() -> list[str]:
-    return [n for n, c in OPERATOR_REGISTRY.get_obj_map().items()
-            if n not in NOT_IMAGE_OPERATORS and c.__module__.startswith("dataflow.")]
+    return [
+        n
+        for n, c in OPERATOR_REGISTRY.get_obj_map().items()
+        if n not in NOT_IMAGE_OPERATORS and c.__module__.startswith("dataflow.")
+    ]
 
 
 class OneStep(PipelineABC):
@@ -71,12 +88,18 @@ def suite_inputs(tmp_path):
     """Two inputs: JSON lines for paths, nulls, empty strings and numbers; Parquet for in-memory bytes."""
     sources = make_bad_inputs(tmp_path)
     in_memory = {"raw_bytes", "bytes_path_dict"}
-    rows = [{"name": n, "image": s, "caption": f"a picture called {n}"} for n, s in sources.items() if n not in in_memory]
+    rows = [
+        {"name": n, "image": s, "caption": f"a picture called {n}"} for n, s in sources.items() if n not in in_memory
+    ]
     src = tmp_path / "bad.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    blob = pd.DataFrame({"name": ["raw_bytes", "bytes_path_dict"],
-                         "image": [{"bytes": sources["raw_bytes"], "path": None}, sources["bytes_path_dict"]],
-                         "caption": ["bytes", "a dict"]})
+    blob = pd.DataFrame(
+        {
+            "name": ["raw_bytes", "bytes_path_dict"],
+            "image": [{"bytes": sources["raw_bytes"], "path": None}, sources["bytes_path_dict"]],
+            "caption": ["bytes", "a dict"],
+        }
+    )
     from dataflow.storage.formats import write_table
 
     write_table(blob, tmp_path / "bytes.parquet", "parquet")
@@ -107,8 +130,9 @@ def test_operator_survives_the_bad_input_suite(name, tmp_path, request):
             seen[row["name"]] = row.get("image_error")
         for _, row in rejected.iterrows():
             seen[row["name"]] = row["reason"]
-        expected_names = set(pd.read_json(src, lines=True)["name"]) if cache_type == "jsonl" else \
-            {"raw_bytes", "bytes_path_dict"}
+        expected_names = (
+            set(pd.read_json(src, lines=True)["name"]) if cache_type == "jsonl" else {"raw_bytes", "bytes_path_dict"}
+        )
         assert set(seen) == expected_names  # no row vanished
         for n, got in seen.items():
             want = EXPECTED_REASON[n]
@@ -127,8 +151,11 @@ def test_exif_rotated_images_score_like_their_upright_twin(tmp_path):
     from dataflow.operators.core_vision import ImageHashEvaluator, ImageQualityEvaluator
 
     upright = make_jpeg(tmp_path / "upright.jpg", (96, 64))
-    rows = [{"image": str(upright)}, {"image": str(make_jpeg(tmp_path / "r6.jpg", (96, 64), 6))},
-            {"image": str(make_jpeg(tmp_path / "r8.jpg", (96, 64), 8))}]
+    rows = [
+        {"image": str(upright)},
+        {"image": str(make_jpeg(tmp_path / "r6.jpg", (96, 64), 6))},
+        {"image": str(make_jpeg(tmp_path / "r8.jpg", (96, 64), 8))},
+    ]
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = FileStorage(src, cache_path=tmp_path / "c")

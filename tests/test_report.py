@@ -103,8 +103,11 @@ def test_groups_shown_match_rejected_provenance(demo_cache, demo_report):
 
 def test_reason_counts_match_manifests(demo_cache, demo_report):
     _, text = demo_report
-    expected = {(step, reason): n for step, meta in manifests(demo_cache).items()
-                for reason, n in (meta.get("rejected_reasons") or {}).items()}
+    expected = {
+        (step, reason): n
+        for step, meta in manifests(demo_cache).items()
+        for reason, n in (meta.get("rejected_reasons") or {}).items()
+    }
     assert reason_counts(text) == expected
     assert expected[(2, "truncated")] == 1 and expected[(7, "near_duplicate")] == 7
 
@@ -116,8 +119,11 @@ def test_steps_thresholds_and_unreadable(demo_cache, demo_report):
         row = re.search(rf'<tr data-step="{step}">(.*?)</tr>', steps, re.S).group(1)
         assert meta["operator"] in row
         cells = re.findall(r'<td class="n">([\d,]+)', row)
-        assert [int(c.replace(",", "")) for c in cells[1:4]] == [meta["rows_in"], meta["rows_out"],
-                                                                 meta["rows_rejected"]]
+        assert [int(c.replace(",", "")) for c in cells[1:4]] == [
+            meta["rows_in"],
+            meta["rows_out"],
+            meta["rows_rejected"],
+        ]
     cards = dict(re.findall(r'<div class="card[^"]*" data-column="([^"]+)">(.*?)</svg>', text, re.S))
     last_columns = manifests(demo_cache)[7]["columns"]
     for col in ("sharpness", "brightness", "jpeg_bpp", "width", "aspect_ratio", "file_bytes"):
@@ -161,9 +167,11 @@ def hostile_cache(tmp_path_factory) -> Path:
     Image.new("RGB", (96, 80), (200, 40, 40)).save(root / "a.jpg", quality=90)
     shutil.copy(root / "a.jpg", root / "weird<script>x" / 'q"uote.jpg')
     Image.new("RGB", (32, 32), (20, 90, 200)).save(root / "b.jpg")
-    rows = [{"image": "a.jpg", "caption": "plain"},
-            {"image": 'weird<script>x/q"uote.jpg', "caption": '<b onmouseover="x">bold</b><script>alert(1)</script>'},
-            {"image": "b.jpg", "caption": "<img src=x onerror=alert(2)>"}]
+    rows = [
+        {"image": "a.jpg", "caption": "plain"},
+        {"image": 'weird<script>x/q"uote.jpg', "caption": '<b onmouseover="x">bold</b><script>alert(1)</script>'},
+        {"image": "b.jpg", "caption": "<img src=x onerror=alert(2)>"},
+    ]
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = FileStorage(root / "rows.jsonl", cache_path=root / "cache", file_name_prefix="h")
     ImageMetadataEvaluator(num_workers=1).run(storage.step(), input_image_key="image")
@@ -195,8 +203,9 @@ def test_embedding_dedup_on_parquet_shows_similarity_and_its_threshold(tmp_path)
     vecs[2] = vecs[0] + 0.08 * rng.normal(size=16)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     pd.DataFrame({"image": images, "embedding": list(vecs)}).to_parquet(tmp_path / "rows.parquet")
-    storage = FileStorage(tmp_path / "rows.parquet", cache_path=tmp_path / "c", file_name_prefix="e",
-                          cache_type="parquet")
+    storage = FileStorage(
+        tmp_path / "rows.parquet", cache_path=tmp_path / "c", file_name_prefix="e", cache_type="parquet"
+    )
     ImageEmbeddingDeduplicateFilter(threshold=0.95).run(storage.step(), input_image_key="image")
     text = build_report(tmp_path / "c", out=tmp_path / "e.html").read_text()
     rej = read_table(tmp_path / "c" / "e_step1.rejected.jsonl", "jsonl")[0]
@@ -254,7 +263,7 @@ def test_thumbnails_capped_and_groups_paginated_on_large_cache(large_cache, tmp_
     by_group = {g: sorted(d["image"]) for g, d in dups.groupby("group")}
     sizes = sorted((len(v) + 1 for v in by_group.values()), reverse=True)
     assert [size for *_, size in shown] == sizes[:50]
-    for step, kept, removed, size in shown:  # each drawn group is one sidecar group, whole
+    for step, _kept, removed, size in shown:  # each drawn group is one sidecar group, whole
         assert step == 7 and len(removed) == size - 1 and removed in by_group.values()
 
     small = build_report(large_cache, out=tmp_path / "small.html", max_thumbnails=40).read_text()
@@ -315,8 +324,16 @@ def test_plot_duplicates_without_matplotlib_says_what_to_install(demo_cache, mon
 
 
 # ---------------------------------------------------------------------------------------------- browser
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
@@ -324,8 +341,10 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("headless Chromium not found (/usr/bin/chromium); install it with "
-                "`apt-get install -y chromium` (Debian) to run the browser check")
+    pytest.skip(
+        "headless Chromium not found (/usr/bin/chromium); install it with "
+        "`apt-get install -y chromium` (Debian) to run the browser check"
+    )
 
 
 def test_report_renders_in_headless_chromium(demo_cache, demo_report, tmp_path):
@@ -333,16 +352,25 @@ def test_report_renders_in_headless_chromium(demo_cache, demo_report, tmp_path):
     out, text = demo_report
     png = tmp_path / "shot.png"
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([browser, *flags, f"--screenshot={png}", "--window-size=1400,2000", out.as_uri()],
-                   capture_output=True, timeout=180, check=False)
+    subprocess.run(
+        [browser, *flags, f"--screenshot={png}", "--window-size=1400,2000", out.as_uri()],
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     assert png.exists() and png.stat().st_size > 20_000
     with Image.open(png) as im:
         assert im.size == (1400, 2000)
         colours = im.convert("RGB").resize((140, 200)).getcolors(maxcolors=100_000)
         assert colours is None or len(colours) > 50  # pictures and text, not a blank page
 
-    dom = subprocess.run([browser, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
-                         capture_output=True, text=True, timeout=180, check=False)
+    dom = subprocess.run(
+        [browser, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert 'data-report-state="ready"' in dom.stdout, dom.stderr[-2000:]  # the inline script ran to its end
     root = re.search(r"<html[^>]*>", dom.stdout).group(0)
     assert "data-report-error" not in root and "Uncaught" not in dom.stderr  # no script error anywhere

@@ -13,16 +13,18 @@ from dataflow.utils.storage import FileStorage
 
 
 def typed_frame():
-    return pd.DataFrame({
-        "id": [1, 2, 3],
-        "maybe_int": pd.Series([1, None, 3], dtype=object),
-        "score": [0.5, float("nan"), -2.25],
-        "flag": [True, False, True],
-        "maybe_flag": pd.Series([True, None, False], dtype=object),
-        "name": ["a", "b", "ü漢"],
-        "embedding": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
-        "nested": [{"a": 1, "b": [1, 2]}, {"a": 2, "b": []}, {"a": 3, "b": [3]}],
-    })
+    return pd.DataFrame(
+        {
+            "id": [1, 2, 3],
+            "maybe_int": pd.Series([1, None, 3], dtype=object),
+            "score": [0.5, float("nan"), -2.25],
+            "flag": [True, False, True],
+            "maybe_flag": pd.Series([True, None, False], dtype=object),
+            "name": ["a", "b", "ü漢"],
+            "embedding": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
+            "nested": [{"a": 1, "b": [1, 2]}, {"a": 2, "b": []}, {"a": 3, "b": [3]}],
+        }
+    )
 
 
 def write_input(tmp_path, df, name="input.jsonl"):
@@ -52,7 +54,7 @@ def test_round_trip_keeps_types(tmp_path, cache_type):
     assert isinstance(back["maybe_int"].tolist()[0], (int, np.integer)) and pd.isna(back["maybe_int"].tolist()[1])
     assert back["score"].tolist()[0] == 0.5 and np.isnan(back["score"].tolist()[1])
     assert back["flag"].tolist() == [True, False, True]
-    assert back["maybe_flag"].tolist()[0] is True or back["maybe_flag"].tolist()[0] == True  # noqa: E712
+    assert bool(back["maybe_flag"].tolist()[0]) is True
     assert pd.isna(back["maybe_flag"].tolist()[1])
     assert back["name"].tolist() == ["a", "b", "ü漢"]
     assert [list(map(float, v)) for v in back["embedding"]] == [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]

@@ -13,10 +13,13 @@ INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64)
 TEXT = st.text(max_size=12)
 SCALARS = st.one_of(st.none(), INT64, FLOATS, TEXT, st.booleans())
-JSON_VALUES = st.recursive(SCALARS.filter(lambda v: not (isinstance(v, float) and math.isnan(v))),
-                           lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                   st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3)),
-                           max_leaves=6)
+JSON_VALUES = st.recursive(
+    SCALARS.filter(lambda v: not (isinstance(v, float) and math.isnan(v))),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 KEYS = st.sampled_from(["a", "b", "ç", "键", "d e"])
 
 

@@ -3,20 +3,24 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 from shared_data import REPO
 
-from dataflow.operators.core_vision import (ImageEmbeddingDeduplicateFilter, ImageHistogramDeduplicateFilter,
-                                            ImageHistogramEvaluator)
+from dataflow.operators.core_vision import (
+    ImageEmbeddingDeduplicateFilter,
+    ImageHistogramDeduplicateFilter,
+    ImageHistogramEvaluator,
+)
 from dataflow.utils.storage import FileStorage
 
 EXAMPLE = REPO / "example_data" / "images.jsonl"
 
 
 def vectors_storage(tmp_path, vectors, extra=None, cache_type="parquet"):
-    rows = [{"image": f"{i}.jpg", "embedding": None if v is None else [float(x) for x in v], **(extra or {}).get(i, {})}
-            for i, v in enumerate(vectors)]
+    rows = [
+        {"image": f"{i}.jpg", "embedding": None if v is None else [float(x) for x in v], **(extra or {}).get(i, {})}
+        for i, v in enumerate(vectors)
+    ]
     tmp_path.mkdir(parents=True, exist_ok=True)
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -48,8 +52,9 @@ def test_embedding_dedup_pairs_and_true_max_similarity(tmp_path):
 
 
 def test_embedding_dedup_rejects_rows_without_vectors_with_their_reason(tmp_path):
-    storage = vectors_storage(tmp_path, [[1, 0], None, [0, 1]], extra={1: {"image_error": "truncated"}},
-                              cache_type="jsonl")
+    storage = vectors_storage(
+        tmp_path, [[1, 0], None, [0, 1]], extra={1: {"image_error": "truncated"}}, cache_type="jsonl"
+    )
     ImageEmbeddingDeduplicateFilter().run(storage.step())
     assert storage.step().read()["image"].tolist() == ["0.jpg", "2.jpg"]
     rejected = storage.read_rejected(1)

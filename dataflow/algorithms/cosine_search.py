@@ -29,6 +29,7 @@ and falls back to the float32 path when it does not hold.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import warnings
 from typing import Literal, NamedTuple
@@ -191,9 +192,7 @@ def _fp32_floor_keys(values: np.ndarray) -> np.ndarray:
     """The largest float32 numbers <= `values` (float64); float32 scores are their own keys."""
     v = np.asarray(values, dtype=np.float64)
     f32 = v.astype(np.float32)
-    return np.where(f32.astype(np.float64) > v, np.nextafter(f32, np.float32(-np.inf)), f32).astype(
-        np.float32
-    )
+    return np.where(f32.astype(np.float64) > v, np.nextafter(f32, np.float32(-np.inf)), f32).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,11 +413,9 @@ def _make_scorer(vectors: np.ndarray, max_norm: float, backend: Backend):
         raise ValueError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
     if backend == "numpy":
         return _NumpyFp32Scorer(vectors, max_norm)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         if backend == "torch":
-            raise ImportError("backend='torch' needs torch: pip install 'dataflow[clip]'") from None
+            raise ImportError("backend='torch' needs torch: pip install 'dataflow[clip]'")
         return _NumpyFp32Scorer(vectors, max_norm)
     if not _torch_bf16_accumulates_in_fp32():
         warnings.warn(

@@ -18,7 +18,6 @@ MAX_BLOCK_WIDTH = 22
 _MAX_BLOCKS = 16
 
 
-
 @dataclass(frozen=True)
 class BlockLayout:
     """Block split of the 64 bits: ``widths[b]`` bits starting at ``shifts[b]``, searched within ``radii[b]``."""
@@ -117,8 +116,10 @@ def choose_layout(max_distance: int, n: int, *, allow_brute: bool = True, hashes
         return None
     brute = _brute_cost(n) if allow_brute else math.inf
     layouts = [lay for m in range(3, min(max(t + 1, 3), _MAX_BLOCKS) + 1) if (lay := _layout_for(t, n, m))]
-    priced = sorted(((sum(_block_cost(n, w, r) for w, r in zip(lay.widths, lay.radii)), lay) for lay in layouts),
-                    key=lambda item: item[0])
+    priced = sorted(
+        ((sum(_block_cost(n, w, r) for w, r in zip(lay.widths, lay.radii)), lay) for lay in layouts),
+        key=lambda item: item[0],
+    )
     if hashes is not None and n >= 4096 and priced:
         arr = np.asarray(hashes, dtype=np.uint64)
         rng = np.random.default_rng(0)
@@ -135,5 +136,3 @@ def masks_within(width: int, radius: int) -> np.ndarray:
         for bits in combinations(range(width), k):
             masks.append(sum(1 << b for b in bits))
     return np.array(masks, dtype=np.int64)
-
-

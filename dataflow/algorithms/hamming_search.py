@@ -170,8 +170,18 @@ def _search_block(sorted_hashes, sorted_ids, offsets, masks, block, block_masks,
         s1 = offsets[v + 1]
         k_start = k
         for a in range(s0, s1):  # same bucket: each pair once (b after a)
-            k = _emit(sorted_hashes[a], sorted_ids[a], sorted_hashes[a + 1:s1], sorted_ids[a + 1:s1],
-                      block, block_masks, radii, tt, buf, k)
+            k = _emit(
+                sorted_hashes[a],
+                sorted_ids[a],
+                sorted_hashes[a + 1 : s1],
+                sorted_ids[a + 1 : s1],
+                block,
+                block_masks,
+                radii,
+                tt,
+                buf,
+                k,
+            )
             if k < 0:
                 return k_start, q
         m = 0
@@ -189,20 +199,31 @@ def _search_block(sorted_hashes, sorted_ids, offsets, masks, block, block_masks,
             # Scan what was gathered when it is full, before a big bucket, and at the end.
             if m > 0 and (mi == masks.shape[0] or m + size > gather or size > gather // 2):
                 for a in range(s0, s1):
-                    k = _emit(sorted_hashes[a], sorted_ids[a], g_hashes[:m], g_ids[:m],
-                              block, block_masks, radii, tt, buf, k)
+                    k = _emit(
+                        sorted_hashes[a], sorted_ids[a], g_hashes[:m], g_ids[:m], block, block_masks, radii, tt, buf, k
+                    )
                     if k < 0:
                         return k_start, q
                 m = 0
             if size > gather // 2:  # a big bucket is contiguous already
                 for a in range(s0, s1):
-                    k = _emit(sorted_hashes[a], sorted_ids[a], sorted_hashes[u0:u0 + size], sorted_ids[u0:u0 + size],
-                              block, block_masks, radii, tt, buf, k)
+                    k = _emit(
+                        sorted_hashes[a],
+                        sorted_ids[a],
+                        sorted_hashes[u0 : u0 + size],
+                        sorted_ids[u0 : u0 + size],
+                        block,
+                        block_masks,
+                        radii,
+                        tt,
+                        buf,
+                        k,
+                    )
                     if k < 0:
                         return k_start, q
             elif size > 0:
-                g_hashes[m:m + size] = sorted_hashes[u0:u0 + size]
-                g_ids[m:m + size] = sorted_ids[u0:u0 + size]
+                g_hashes[m : m + size] = sorted_hashes[u0 : u0 + size]
+                g_ids[m : m + size] = sorted_ids[u0 : u0 + size]
                 m += size
     return k, q_hi
 

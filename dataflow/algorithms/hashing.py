@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
 
 import numpy as np
 import scipy.fftpack
@@ -54,7 +53,7 @@ _WHASH_CHUNK_PIXELS = 1 << 22
 
 _HEX_DIGITS = set("0123456789abcdefABCDEF")
 
-ImageBatch = Union[Sequence[Union[Image.Image, np.ndarray]], np.ndarray]
+ImageBatch = Sequence[Image.Image | np.ndarray] | np.ndarray
 
 
 def _check_hash_size(hash_size: int) -> None:
@@ -103,7 +102,7 @@ def _pack_bits(bits: np.ndarray) -> np.ndarray:
     """(N, ...) booleans -> (N,) uint64, row-major with the first bit most significant."""
     bits = bits.reshape(len(bits), math.prod(bits.shape[1:]))
     padded = np.zeros((len(bits), 64), dtype=bool)
-    padded[:, 64 - bits.shape[1]:] = bits
+    padded[:, 64 - bits.shape[1] :] = bits
     # packbits is big-endian within each byte, so the 8 bytes read as one big-endian uint64.
     return np.packbits(padded, axis=1).view(">u8").ravel().astype(np.uint64)
 
@@ -236,7 +235,7 @@ def whash(
         indices = [i for i, s in enumerate(scales) if s == scale]
         chunk = max(1, _WHASH_CHUNK_PIXELS // (scale * scale))
         for start in range(0, len(indices), chunk):
-            part = indices[start:start + chunk]
+            part = indices[start : start + chunk]
             pixels = _gray_batch([images[i] for i in part], (scale, scale))
             hashes[part] = _pack_bits(_whash_square(pixels, hash_size, remove_max_haar_ll))
     return hashes

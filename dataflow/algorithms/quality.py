@@ -82,31 +82,73 @@ class MetricSpec(NamedTuple):
     better: str
 
 
-# fmt: off
 METRICS: dict[str, MetricSpec] = {
-    "megapixels":   MetricSpec("original width x height / 1e6 (from the file, not the decoded size)", "[0, inf)", "higher"),
-    "aspect_ratio": MetricSpec("original width / height; > 1 is landscape", "(0, inf)", "task-dependent; extremes are bad"),
-    "file_bpp":     MetricSpec("stored file bytes per original pixel (needs file_bytes)", "(0, inf)", "higher = less compressed"),
-    "sharpness":    MetricSpec("variance of the Laplacian of 0-255 luma at long side 256", "[0, inf); photos mostly 300-3500", "higher"),
-    "blur_score":   MetricSpec("1 / (1 + (sharpness / 300) ** 2), cleanvision-like; textureless scenes score high too", "[0, 1]", "lower; 1 = blurry"),
-    "brightness":   MetricSpec("mean Rec.601 luma", "[0, 1]", "mid; extremes are too dark / too light"),
-    "dark_score":   MetricSpec("1 - 99th-percentile luma (cleanvision's dark score inverted; it flags > 0.78)", "[0, 1]", "lower; 1 = black"),
-    "light_score":  MetricSpec("5th-percentile luma (1 - cleanvision's light score; it flags > 0.95)", "[0, 1]", "lower; 1 = white"),
-    "contrast":     MetricSpec("RMS contrast: standard deviation of luma", "[0, 0.5]", "higher; ~0 = flat"),
-    "colorfulness": MetricSpec("Hasler & Suesstrunk 2003 M on 0-255 RGB; 33 moderate, 59 quite, 82 highly colourful", "[0, ~300]; photos < 150", "higher"),
-    "saturation":   MetricSpec("mean HSV saturation (max - min) / max", "[0, 1]", "higher; 0 = grey"),
-    "entropy":      MetricSpec("Shannon entropy of the 256-bin luma histogram, in bits", "[0, 8]", "higher; low = little information"),
-    "is_grayscale": MetricSpec("R, G and B equal (within 6 levels) at all but 0.2% of pixels, whatever the file mode", "bool", "False for colour sets"),
-    "jpeg_bpp":     MetricSpec("bytes per pixel of a JPEG re-encode (quality 75, 4:2:0) at long side 512", "[0, ~2]; photos 0.05-0.45", "higher; low = simple / flat"),
-    "border_variance_top":    MetricSpec("variance of [0,1] RGB (mean over channels) in the top 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
-    "border_variance_bottom": MetricSpec("RGB variance of the bottom 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
-    "border_variance_left":   MetricSpec("RGB variance of the left 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
-    "border_variance_right":  MetricSpec("RGB variance of the right 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
-    "border_variance":        MetricSpec("minimum of the four border_variance_* sides", "[0, 0.25]", "higher; ~0 = some solid side"),
-    "has_border":   MetricSpec("frame, letterbox or pillarbox: two opposite solid strips of one colour, each ending in a straight edge", "bool", "False"),
-    "edge_density": MetricSpec("share of pixels whose luma gradient exceeds 0.04 per pixel (Sobel, long side 256)", "[0, 1]", "higher; ~0 = flat / blurry"),
+    "megapixels": MetricSpec(
+        "original width x height / 1e6 (from the file, not the decoded size)", "[0, inf)", "higher"
+    ),
+    "aspect_ratio": MetricSpec(
+        "original width / height; > 1 is landscape", "(0, inf)", "task-dependent; extremes are bad"
+    ),
+    "file_bpp": MetricSpec(
+        "stored file bytes per original pixel (needs file_bytes)", "(0, inf)", "higher = less compressed"
+    ),
+    "sharpness": MetricSpec(
+        "variance of the Laplacian of 0-255 luma at long side 256", "[0, inf); photos mostly 300-3500", "higher"
+    ),
+    "blur_score": MetricSpec(
+        "1 / (1 + (sharpness / 300) ** 2), cleanvision-like; textureless scenes score high too",
+        "[0, 1]",
+        "lower; 1 = blurry",
+    ),
+    "brightness": MetricSpec("mean Rec.601 luma", "[0, 1]", "mid; extremes are too dark / too light"),
+    "dark_score": MetricSpec(
+        "1 - 99th-percentile luma (cleanvision's dark score inverted; it flags > 0.78)", "[0, 1]", "lower; 1 = black"
+    ),
+    "light_score": MetricSpec(
+        "5th-percentile luma (1 - cleanvision's light score; it flags > 0.95)", "[0, 1]", "lower; 1 = white"
+    ),
+    "contrast": MetricSpec("RMS contrast: standard deviation of luma", "[0, 0.5]", "higher; ~0 = flat"),
+    "colorfulness": MetricSpec(
+        "Hasler & Suesstrunk 2003 M on 0-255 RGB; 33 moderate, 59 quite, 82 highly colourful",
+        "[0, ~300]; photos < 150",
+        "higher",
+    ),
+    "saturation": MetricSpec("mean HSV saturation (max - min) / max", "[0, 1]", "higher; 0 = grey"),
+    "entropy": MetricSpec(
+        "Shannon entropy of the 256-bin luma histogram, in bits", "[0, 8]", "higher; low = little information"
+    ),
+    "is_grayscale": MetricSpec(
+        "R, G and B equal (within 6 levels) at all but 0.2% of pixels, whatever the file mode",
+        "bool",
+        "False for colour sets",
+    ),
+    "jpeg_bpp": MetricSpec(
+        "bytes per pixel of a JPEG re-encode (quality 75, 4:2:0) at long side 512",
+        "[0, ~2]; photos 0.05-0.45",
+        "higher; low = simple / flat",
+    ),
+    "border_variance_top": MetricSpec(
+        "variance of [0,1] RGB (mean over channels) in the top 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"
+    ),
+    "border_variance_bottom": MetricSpec(
+        "RGB variance of the bottom 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"
+    ),
+    "border_variance_left": MetricSpec("RGB variance of the left 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
+    "border_variance_right": MetricSpec("RGB variance of the right 3% strip", "[0, 0.25]", "higher; ~0 = solid strip"),
+    "border_variance": MetricSpec(
+        "minimum of the four border_variance_* sides", "[0, 0.25]", "higher; ~0 = some solid side"
+    ),
+    "has_border": MetricSpec(
+        "frame, letterbox or pillarbox: two opposite solid strips of one colour, each ending in a straight edge",
+        "bool",
+        "False",
+    ),
+    "edge_density": MetricSpec(
+        "share of pixels whose luma gradient exceeds 0.04 per pixel (Sobel, long side 256)",
+        "[0, 1]",
+        "higher; ~0 = flat / blurry",
+    ),
 }
-# fmt: on
 
 _SIDES = ("top", "bottom", "left", "right")
 

@@ -7,6 +7,19 @@ from dataflow.core.pipeline import PipelineABC, PipelineCompileError
 from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
 from dataflow.core.row_filter import RowFilter, Verdict, bounds_verdict
 
-__all__ = ["OperatorABC", "ImageEvaluator", "RowFilter", "Verdict", "bounds_verdict", "DedupFilter", "Decisions",
-           "Pairs", "Threshold", "PipelineABC", "PipelineCompileError", "OPERATOR_REGISTRY", "OperatorImportError",
-           "CATEGORIES"]
+__all__ = [
+    "OperatorABC",
+    "ImageEvaluator",
+    "RowFilter",
+    "Verdict",
+    "bounds_verdict",
+    "DedupFilter",
+    "Decisions",
+    "Pairs",
+    "Threshold",
+    "PipelineABC",
+    "PipelineCompileError",
+    "OPERATOR_REGISTRY",
+    "OperatorImportError",
+    "CATEGORIES",
+]

@@ -40,8 +40,9 @@ _SafeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                  list("tTfF"))
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 class ConfigError(ValueError):
@@ -69,7 +70,7 @@ def load_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def build_pipeline(config: dict, source: str = "<config>") -> "ConfigPipeline":
+def build_pipeline(config: dict, source: str = "<config>") -> ConfigPipeline:
     """Check the whole config and build its pipeline, or raise one ``ConfigError`` listing every problem."""
     problems: list[str] = []
     for key in config:
@@ -166,8 +167,7 @@ def _check_arguments(where: str, fn, given: dict, problems: list[str], skip: tup
             continue
         hint = hints.get(key)
         if hint is not None and not _type_ok(value, hint):
-            problems.append(f"{where}: {key}={value!r} should be {_type_name(hint)}, "
-                            f"got {type(value).__name__}")
+            problems.append(f"{where}: {key}={value!r} should be {_type_name(hint)}, got {type(value).__name__}")
     for key, p in params.items():
         if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and key not in given:
             problems.append(f"{where}: missing required parameter {key!r}")

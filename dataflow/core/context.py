@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from typing import Protocol
 
-_ACTIVE: contextvars.ContextVar["CallHook | None"] = contextvars.ContextVar("dataflow_call_hook", default=None)
+_ACTIVE: contextvars.ContextVar[CallHook | None] = contextvars.ContextVar("dataflow_call_hook", default=None)
 
 
 class CallHook(Protocol):
@@ -13,7 +13,7 @@ class CallHook(Protocol):
         """Return ``"run"`` to execute the operator, or ``"record"`` / ``"skip"`` to return its keys only."""
 
 
-def active_hook() -> "CallHook | None":
+def active_hook() -> CallHook | None:
     return _ACTIVE.get()
 
 

@@ -65,14 +65,22 @@ class Decisions:
     keys: Any = None  # phase 1 keys of these rows (exact search: content hashes)
 
     @classmethod
-    def from_groups(cls, groups: DuplicateGroups, labels: np.ndarray, images: np.ndarray, *,
-                    best: np.ndarray | None = None, keys: Any = None) -> "Decisions":
+    def from_groups(
+        cls,
+        groups: DuplicateGroups,
+        labels: np.ndarray,
+        images: np.ndarray,
+        *,
+        best: np.ndarray | None = None,
+        keys: Any = None,
+    ) -> Decisions:
         keeper = groups.group_id
         dup_of = np.full(len(labels), None, dtype=object)
         dropped = ~groups.keep
         dup_of[dropped] = images[keeper[dropped]]
-        return cls(groups.keep, labels[keeper] if len(labels) else labels, groups.group_size, groups.weight,
-                   dup_of, best, keys)
+        return cls(
+            groups.keep, labels[keeper] if len(labels) else labels, groups.group_size, groups.weight, dup_of, best, keys
+        )
 
 
 def find_pairs(search: str, keys: Any, *, max_distance: int = 0, threshold: float = 1.0) -> Pairs:
@@ -153,25 +161,38 @@ class DedupFilter(OperatorABC):
                 sizes = pd.to_numeric(good["width"], errors="coerce") * pd.to_numeric(good["height"], errors="coerce")
                 return np.asarray(sizes, dtype=float)
             image_key = keys.get("input_image_key") or "image"
-            results = map_items(_pixels, good[image_key].tolist(), num_workers=num_workers, desc="sizes",
-                                base_dir=base_dir)
+            results = map_items(
+                _pixels, good[image_key].tolist(), num_workers=num_workers, desc="sizes", base_dir=base_dir
+            )
             return np.array([r.value if r.error is None else np.nan for r in results], dtype=float)
         if self.keep not in good.columns:
-            raise KeyError(f"keep={self.keep!r} is not a column (columns: {', '.join(map(str, good.columns))}); "
-                           f"{KEEP_HELP}")
+            raise KeyError(
+                f"keep={self.keep!r} is not a column (columns: {', '.join(map(str, good.columns))}); {KEEP_HELP}"
+            )
         return pd.to_numeric(good[self.keep], errors="coerce").to_numpy(float)
 
     # ------------------------------------------------------------------ phase 2 (one machine)
     def find_pairs(self, keys: Any) -> Pairs:
-        return find_pairs(self.search, keys, max_distance=int(getattr(self, "max_distance", 0)),
-                          threshold=float(getattr(self, "threshold", 1.0)))
+        return find_pairs(
+            self.search,
+            keys,
+            max_distance=int(getattr(self, "max_distance", 0)),
+            threshold=float(getattr(self, "threshold", 1.0)),
+        )
 
     # ------------------------------------------------------------------ phase 3
     def group(self, n: int, found: Pairs, values: np.ndarray) -> DuplicateGroups:
         """Groups and survivors of ``n`` rows from their pairs and keep values."""
         priority = keep_priority(self.keep, n, sizes=values, columns={self.keep: values})
-        return group_duplicates(n, found.pairs, found.weights, priority=priority, transitive=self.transitive,
-                                closer="larger" if self.search == "cosine" else "smaller", inverse=found.inverse)
+        return group_duplicates(
+            n,
+            found.pairs,
+            found.weights,
+            priority=priority,
+            transitive=self.transitive,
+            closer="larger" if self.search == "cosine" else "smaller",
+            inverse=found.inverse,
+        )
 
     def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Kept rows (group columns, best score) and dropped rows (reason, duplicate_of, weight, group)."""
@@ -203,8 +224,9 @@ class DedupFilter(OperatorABC):
         good = df[readable.to_numpy()]
         values = self.stack_keys([r.value for r in results if r.error is None])
         found = self.find_pairs(values)
-        groups = self.group(len(good), found, self.keep_values(good, storage.image_base, keys,
-                                                             getattr(self, "num_workers", None)))
+        groups = self.group(
+            len(good), found, self.keep_values(good, storage.image_base, keys, getattr(self, "num_workers", None))
+        )
         image_key = self.image_key(keys, df.columns)
         labels = good.index.to_numpy()
         images = good[image_key].to_numpy(dtype=object) if image_key else labels.astype(object)

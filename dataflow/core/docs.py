@@ -19,10 +19,12 @@ EXAMPLE_PREFIX = "docs"
 
 def example_preamble(imports: str, module: str = "dataflow.operators.core_vision") -> str:
     """The lines every example starts with: the imports and a ``FileStorage`` over the example data."""
-    return (f"from {module} import {imports}\n"
-            "from dataflow.utils.storage import FileStorage\n\n"
-            f'storage = FileStorage("{EXAMPLE_INPUT}", cache_path="{EXAMPLE_CACHE}",\n'
-            f'                      file_name_prefix="{EXAMPLE_PREFIX}", cache_type="jsonl")\n')
+    return (
+        f"from {module} import {imports}\n"
+        "from dataflow.utils.storage import FileStorage\n\n"
+        f'storage = FileStorage("{EXAMPLE_INPUT}", cache_path="{EXAMPLE_CACHE}",\n'
+        f'                      file_name_prefix="{EXAMPLE_PREFIX}", cache_type="jsonl")\n'
+    )
 
 
 @dataclass
@@ -45,7 +47,8 @@ class Example:
         self.real_use = textwrap.dedent(self.real_use).strip("\n")
 
     @classmethod
-    def on_example_data(cls, imports: str, body: str, module: str = "dataflow.operators.core_vision",
-                        **fields) -> Example:
+    def on_example_data(
+        cls, imports: str, body: str, module: str = "dataflow.operators.core_vision", **fields
+    ) -> Example:
         """An example whose code is :func:`example_preamble` (``from module import imports``) then ``body``."""
         return cls(example_preamble(imports, module) + textwrap.dedent(body).strip("\n") + "\n", **fields)

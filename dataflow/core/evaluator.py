@@ -50,8 +50,13 @@ class ImageEvaluator(OperatorABC):
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         """Per row, an ``ItemResult`` whose value is the dict of scores (or the error of an unreadable row)."""
         sources = image_column(df, keys.get("input_image_key", "image"), type(self).__name__)
-        return map_items(self.score, sources, num_workers=self.num_workers,
-                         desc=self.progress_desc or type(self).__name__, base_dir=base_dir)
+        return map_items(
+            self.score,
+            sources,
+            num_workers=self.num_workers,
+            desc=self.progress_desc or type(self).__name__,
+            base_dir=base_dir,
+        )
 
     def column_names(self, keys: dict) -> dict[str, str]:
         """Score column -> the column it is written to for this call."""

@@ -7,7 +7,7 @@ import hashlib
 import inspect
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_fingerprint(cls: type) -> str:
     """Hash of the source of ``cls`` and of every operator base it inherits from (the framework's own
     ``OperatorABC`` aside). Where no source can be read (a class made in a REPL), its methods' bytecode."""

@@ -12,8 +12,9 @@ ERROR_COLUMN = "image_error"
 def image_column(df: pd.DataFrame, key: str, operator: str) -> list:
     """The values of the image column, or a clear error naming the operator and the columns there are."""
     if key not in df.columns:
-        raise KeyError(f"{operator}: input_image_key={key!r} is not a column "
-                       f"(columns: {', '.join(map(str, df.columns))})")
+        raise KeyError(
+            f"{operator}: input_image_key={key!r} is not a column (columns: {', '.join(map(str, df.columns))})"
+        )
     return df[key].tolist()
 
 

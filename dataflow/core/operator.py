@@ -141,8 +141,14 @@ class OperatorABC(ABC):
     def fingerprint(self, keys: dict) -> str:
         """Operator class and code, parameters by content, call keys and dataflow version."""
         cls = type(self)
-        return fingerprint(f"{cls.__module__}.{cls.__qualname__}", cls.version, code_fingerprint(cls),
-                           self.params, keys, dataflow.__version__)
+        return fingerprint(
+            f"{cls.__module__}.{cls.__qualname__}",
+            cls.version,
+            code_fingerprint(cls),
+            self.params,
+            keys,
+            dataflow.__version__,
+        )
 
 
 def _record_init(init):
@@ -182,11 +188,15 @@ def run_keys(run, operator, args: tuple, kwargs: dict) -> tuple[Any, dict]:
 
 def call_info(operator: OperatorABC, keys: dict) -> CallInfo:
     """What the storage records about one call of ``operator`` (both engines build it here)."""
-    return CallInfo(operator=type(operator).__name__, params=operator.params,
-                    input_keys={k: v for k, v in keys.items() if k.startswith("input_")},
-                    output_keys={k: v for k, v in keys.items() if k.startswith("output_")},
-                    fingerprint=operator.fingerprint(keys), keeps_rows=operator.keeps_rows,
-                    thresholds=operator.call_thresholds(keys))
+    return CallInfo(
+        operator=type(operator).__name__,
+        params=operator.params,
+        input_keys={k: v for k, v in keys.items() if k.startswith("input_")},
+        output_keys={k: v for k, v in keys.items() if k.startswith("output_")},
+        fingerprint=operator.fingerprint(keys),
+        keeps_rows=operator.keeps_rows,
+        thresholds=operator.call_thresholds(keys),
+    )
 
 
 def _wrap_run(run):

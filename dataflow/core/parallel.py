@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from dataflow.log import progress
 from dataflow.media.errors import ImageLoadError
@@ -43,13 +44,21 @@ class _Guarded:
             return ItemResult(None, exc.reason, exc.detail or str(exc))
         except MemoryError:
             return ItemResult(None, "too_large", "out of memory decoding this image")
-        except Exception as exc:  # noqa: BLE001 - recorded per row, never silent
+        except Exception as exc:  # recorded per row, never silent
             return ItemResult(None, "error", f"{type(exc).__name__}: {exc}")
 
 
-def map_items(fn: Callable, items: Sequence, *, num_workers: int | None = None, desc: str = "",
-              unit: str = "img", chunksize: int | None = None, mp_context: str | None = None,
-              **kwargs) -> list[ItemResult]:
+def map_items(
+    fn: Callable,
+    items: Sequence,
+    *,
+    num_workers: int | None = None,
+    desc: str = "",
+    unit: str = "img",
+    chunksize: int | None = None,
+    mp_context: str | None = None,
+    **kwargs,
+) -> list[ItemResult]:
     """Apply ``fn(item, **kwargs)`` to each item in order; ``fn`` must be a module-level function.
 
     Processes use the platform's default start method (``spawn`` on macOS works as long as ``fn`` is
@@ -63,5 +72,4 @@ def map_items(fn: Callable, items: Sequence, *, num_workers: int | None = None, 
         chunksize = max(1, min(64, len(items) // (workers * 8)))
     ctx = multiprocessing.get_context(mp_context) if mp_context else None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(progress(pool.map(guarded, items, chunksize=chunksize), total=len(items), desc=desc,
-                             unit=unit))
+        return list(progress(pool.map(guarded, items, chunksize=chunksize), total=len(items), desc=desc, unit=unit))

@@ -5,15 +5,16 @@ Memory stays bounded to two windows whatever the dataset size, unlike submitting
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator, Sequence
 
 from dataflow.core.parallel import MIN_ITEMS_FOR_POOL, ItemResult, _Guarded, resolve_workers
 from dataflow.log import progress
 
 
-def stream_items(fn: Callable, items: Sequence, *, window: int, num_workers: int | None = None, desc: str = "",
-                 **kwargs) -> Iterator[tuple[int, list[ItemResult]]]:
+def stream_items(
+    fn: Callable, items: Sequence, *, window: int, num_workers: int | None = None, desc: str = "", **kwargs
+) -> Iterator[tuple[int, list[ItemResult]]]:
     """Yield ``(start, results)`` for consecutive windows of ``items``, in order, errors captured per item."""
     guarded = _Guarded(fn, kwargs)
     workers = min(resolve_workers(num_workers), max(1, len(items)))
@@ -21,7 +22,7 @@ def stream_items(fn: Callable, items: Sequence, *, window: int, num_workers: int
     try:
         if workers <= 1 or len(items) < MIN_ITEMS_FOR_POOL:
             for start in range(0, len(items), window):
-                results = [guarded(item) for item in items[start:start + window]]
+                results = [guarded(item) for item in items[start : start + window]]
                 bar.update(len(results))
                 yield start, results
             return
@@ -33,7 +34,7 @@ def stream_items(fn: Callable, items: Sequence, *, window: int, num_workers: int
                 current = pending
                 if k + 1 < len(starts):  # submit the next window before consuming this one
                     nxt = starts[k + 1]
-                    pending = pool.map(guarded, items[nxt:nxt + window], chunksize=chunk)
+                    pending = pool.map(guarded, items[nxt : nxt + window], chunksize=chunk)
                 results = list(current)
                 bar.update(len(results))
                 yield start, results

@@ -42,8 +42,16 @@ class _Recorder:
     calls: list = field(default_factory=list)
 
     def on_call(self, operator, storage, keys):
-        self.calls.append(RecordedCall(len(self.calls), operator, storage, dict(keys),
-                                       getattr(storage, "operator_step", -1), operator.fingerprint(keys)))
+        self.calls.append(
+            RecordedCall(
+                len(self.calls),
+                operator,
+                storage,
+                dict(keys),
+                getattr(storage, "operator_step", -1),
+                operator.fingerprint(keys),
+            )
+        )
         return "record"
 
 
@@ -73,7 +81,7 @@ class PipelineABC:
         raise NotImplementedError("a pipeline defines forward(), calling each operator with storage.step()")
 
     # ------------------------------------------------------------ compile
-    def compile(self) -> "PipelineABC":
+    def compile(self) -> PipelineABC:
         """Record the operator calls of ``forward()`` without running them and check their keys."""
         self._reset_storages()
         recorder = _Recorder()
@@ -127,22 +135,28 @@ def check_keys(calls: list[RecordedCall]) -> list[str]:
             try:
                 known[sid] = set(call.storage.read_columns(call.step))
             except Exception as exc:  # unreadable input: report with the rest rather than stop here
-                problems.append(f"step {call.step + 1} {type(call.operator).__name__}: cannot read the columns "
-                                f"of its input ({exc})")
+                problems.append(
+                    f"step {call.step + 1} {type(call.operator).__name__}: cannot read the columns of its input ({exc})"
+                )
                 known[sid] = set()
         columns = known[sid]
         name = type(call.operator).__name__
         for param, col in call.operator.required_columns(call.keys).items():
             if col not in columns:
-                problems.append(f"step {call.step + 1} {name}: {param}={col!r} is not a column at that "
-                                f"point (columns: {', '.join(sorted(columns)) or 'none'})")
+                problems.append(
+                    f"step {call.step + 1} {name}: {param}={col!r} is not a column at that "
+                    f"point (columns: {', '.join(sorted(columns)) or 'none'})"
+                )
         known[(_storage_id(call.storage), call.step + 1)] = columns | set(call.operator.output_columns(call.keys))
     return problems
 
 
 def _storage_id(storage) -> tuple:
-    return (getattr(storage, "first_entry_file_name", id(storage)), getattr(storage, "cache_path", ""),
-            getattr(storage, "file_name_prefix", ""))
+    return (
+        getattr(storage, "first_entry_file_name", id(storage)),
+        getattr(storage, "cache_path", ""),
+        getattr(storage, "file_name_prefix", ""),
+    )
 
 
 def _original_forward(pipeline):

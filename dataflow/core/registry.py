@@ -9,8 +9,8 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 
 class OperatorImportError(ImportError):
@@ -32,12 +32,15 @@ class Registry:
         The same class registered again (a module imported twice) replaces the first silently; a different class
         under a taken name raises ``KeyError`` naming both files.
         """
+
         def deco(cls: type) -> type:
             key = name or cls.__name__
             existing = self._obj_map.get(key)
             if existing is not None and _identity(existing) != _identity(cls):
-                raise KeyError(f"an operator named {key!r} is already registered from {_source_of(existing)}; "
-                               f"{_source_of(cls)} registers another class under that name")
+                raise KeyError(
+                    f"an operator named {key!r} is already registered from {_source_of(existing)}; "
+                    f"{_source_of(cls)} registers another class under that name"
+                )
             self._obj_map[key] = cls
             return cls
 
@@ -67,8 +70,9 @@ class Registry:
         found = [cls for cls in self.get_obj_map().values() if getattr(cls, "cli_command", None) == command]
         if len(found) != 1:
             names = ", ".join(c.__name__ for c in found) or "none"
-            raise KeyError(f"`dataflow {command}` needs exactly one operator declaring cli_command = "
-                           f"{command!r}; found {names}")
+            raise KeyError(
+                f"`dataflow {command}` needs exactly one operator declaring cli_command = {command!r}; found {names}"
+            )
         return found[0]
 
     def names(self) -> list[str]:
@@ -137,8 +141,9 @@ def _import_file(path: Path) -> None:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise OperatorImportError(f"cannot import user operator file {path}: {type(exc).__name__}: {exc} "
-                                  f"(line {where.lineno})") from exc
+        raise OperatorImportError(
+            f"cannot import user operator file {path}: {type(exc).__name__}: {exc} (line {where.lineno})"
+        ) from exc
 
 
 OPERATOR_REGISTRY = Registry("operators")

@@ -25,7 +25,7 @@ class Verdict:
     columns: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def keep_all(cls, n: int) -> "Verdict":
+    def keep_all(cls, n: int) -> Verdict:
         return cls(np.full(n, None, dtype=object))
 
     def drop(self, mask: np.ndarray, reason: str, detail=None) -> np.ndarray:
@@ -54,8 +54,17 @@ class Verdict:
         return df[~dropped], rejected
 
 
-def bounds_verdict(scores: np.ndarray, low: float | None, high: float | None, *, below: str, above: str,
-                   missing: str | None, name: str = "score", verdict: Verdict | None = None) -> Verdict:
+def bounds_verdict(
+    scores: np.ndarray,
+    low: float | None,
+    high: float | None,
+    *,
+    below: str,
+    above: str,
+    missing: str | None,
+    name: str = "score",
+    verdict: Verdict | None = None,
+) -> Verdict:
     """Drop scores under ``low`` (``below``) or over ``high`` (``above``), NaN ones as ``missing`` (None keeps
     them); rows ``verdict`` already drops keep their first reason."""
     scores = np.asarray(scores, dtype=float)

@@ -8,15 +8,28 @@ from typing import Any
 from PIL import Image
 
 from dataflow.media.errors import ImageLoadError
-from dataflow.media.loader import (DEFAULT_MAX_PIXELS, TAIL_CHECKED_FORMATS, _check_pixels, _classify,
-                                   exif_orientation, open_bytes, read_source_bytes, truncation_detail)
+from dataflow.media.loader import (
+    DEFAULT_MAX_PIXELS,
+    TAIL_CHECKED_FORMATS,
+    _check_pixels,
+    _classify,
+    exif_orientation,
+    open_bytes,
+    read_source_bytes,
+    truncation_detail,
+)
 
 # Orientations 5..8 turn the image a quarter: the displayed width is the stored height.
 _TRANSPOSING = {5, 6, 7, 8}
 
 
-def image_info(source: Any, base_dir: str | os.PathLike | None = None, *,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, check_truncation: bool = True) -> dict:
+def image_info(
+    source: Any,
+    base_dir: str | os.PathLike | None = None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    check_truncation: bool = True,
+) -> dict:
     """Read the header only. ``width``/``height`` are as displayed, i.e. after EXIF orientation.
 
     With ``check_truncation`` a JPEG must have its end-of-image marker and a PNG its IEND chunk, which
@@ -39,7 +52,7 @@ def image_info(source: Any, base_dir: str | os.PathLike | None = None, *,
             raise ImageLoadError("truncated", f"{label}: {detail}", label)
     try:
         n_frames = int(getattr(img, "n_frames", 1) or 1)  # GIF/APNG count by walking the frames
-    except Exception as exc:  # noqa: BLE001 - a broken later frame is a broken file
+    except Exception as exc:  # a broken later frame is a broken file
         raise _classify(exc, label) from None
     return {
         "width": w,

@@ -74,8 +74,9 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
         if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
             return bytes(data), str(path or "<bytes>")
         if data is not None and not isinstance(data, (bytes, bytearray, memoryview)) and not is_null(data):
-            raise ImageLoadError("unsupported", f"image dict 'bytes' holds a {type(data).__name__}, not bytes",
-                                 str(path or "<bytes>"))
+            raise ImageLoadError(
+                "unsupported", f"image dict 'bytes' holds a {type(data).__name__}, not bytes", str(path or "<bytes>")
+            )
         if path is not None and not is_null(path) and path != "":
             return read_source_bytes(path, base_dir)
         if data is not None and not is_null(data):  # b"" and no path to fall back on
@@ -107,8 +108,9 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
     raise ImageLoadError("unsupported", f"cannot load an image from a {type(source).__name__}", repr(source)[:200])
 
 
-def open_image(source: Any, base_dir: str | os.PathLike | None = None, *,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int]:
+def open_image(
+    source: Any, base_dir: str | os.PathLike | None = None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, int]:
     """Open lazily (header only) and return the image and the encoded size in bytes (0 for PIL input)."""
     if isinstance(source, Image.Image):
         _check_pixels(source, max_pixels, "<PIL image>")
@@ -149,15 +151,21 @@ def open_bytes(data: bytes, label: str = "<bytes>", *, max_pixels: int | None = 
         if fmt and truncation_detail(data, fmt):  # the start says JPEG/PNG, the file just stops too early
             raise ImageLoadError("truncated", f"{label}: {fmt} cut off inside its header", label) from None
         raise ImageLoadError("not_an_image", f"not a recognised image: {label}", label) from None
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure on a malformed file is a per-image error
+    except Exception as exc:  # a plugin's failure on a malformed file is a per-image error
         raise _classify(exc, label) from None
     _check_pixels(img, max_pixels, label)
     return img
 
 
-def load_image(source: Any, base_dir: str | os.PathLike | None = None, *, draft_size: int | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, mode: str = "RGB",
-               check_truncation: bool = True) -> Image.Image:
+def load_image(
+    source: Any,
+    base_dir: str | os.PathLike | None = None,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    mode: str = "RGB",
+    check_truncation: bool = True,
+) -> Image.Image:
     """Decode an image upright (EXIF orientation applied), first frame, converted to ``mode`` (RGB or L).
 
     ``draft_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least that many pixels
@@ -189,8 +197,10 @@ def load_image(source: Any, base_dir: str | os.PathLike | None = None, *, draft_
     except Image.DecompressionBombError as exc:
         raise ImageLoadError("too_large", str(exc), label) from None
     except MemoryError:
-        raise ImageLoadError("too_large", f"{label}: out of memory decoding {img.size[0]}x{img.size[1]}", label) from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types on malformed data
+        raise ImageLoadError(
+            "too_large", f"{label}: out of memory decoding {img.size[0]}x{img.size[1]}", label
+        ) from None
+    except Exception as exc:  # decoders raise many types on malformed data
         raise _classify(exc, label) from None
 
 
@@ -200,7 +210,7 @@ def exif_orientation(img: Image.Image) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on every corrupt EXIF block; the value is what matters
             value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not hide an otherwise fine image
+    except Exception:  # a corrupt EXIF block must not hide an otherwise fine image
         return 1
     return value if value in range(1, 9) else 1
 
@@ -214,7 +224,7 @@ def apply_exif_orientation(img: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - e.g. struct.error / TypeError re-serialising a malformed tag
+    except Exception:  # e.g. struct.error / TypeError re-serialising a malformed tag
         method = _TRANSPOSE_FOR_ORIENTATION.get(exif_orientation(img))
         out = img.transpose(method) if method is not None else img.copy()
         out.info.pop("exif", None)
@@ -290,11 +300,11 @@ def _bmff_complete(data: bytes) -> bool:
     # follows the type; 0: the box runs to the end of the file).
     n, pos = len(data), 0
     while pos + 8 <= n:
-        size = int.from_bytes(data[pos:pos + 4], "big")
+        size = int.from_bytes(data[pos : pos + 4], "big")
         if size == 1:
             if pos + 16 > n:
                 return False
-            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
         elif size == 0:
             return True
         if size < 8:
@@ -320,7 +330,7 @@ def _jpeg_has_eoi(data: bytes) -> bool:
         elif marker in _JPEG_STANDALONE:
             pos += 2
         else:
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False  # the file ends inside its headers
 
 
@@ -329,13 +339,16 @@ def _classify(exc: BaseException, label: str) -> ImageLoadError:
         return ImageLoadError("too_large", f"{label}: out of memory", label)
     text = str(exc)
     low = text.lower()
-    if ("truncat" in low or "broken data stream" in low or "premature end" in low or "end of file" in low
-            or isinstance(exc, EOFError)):
+    if (
+        "truncat" in low
+        or "broken data stream" in low
+        or "premature end" in low
+        or "end of file" in low
+        or isinstance(exc, EOFError)
+    ):
         return ImageLoadError("truncated", f"{label}: {text}", label)
     if ("decoder" in low and "not available" in low) or "unsupported" in low or "not supported" in low:
         return ImageLoadError("unsupported", f"{label}: {text}", label)
     if isinstance(exc, SyntaxError) or "cannot identify" in low or "not a" in low:
         return ImageLoadError("not_an_image", f"{label}: {text}", label)
     return ImageLoadError("error", f"{label}: {type(exc).__name__}: {text}", label)
-
-

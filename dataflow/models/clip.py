@@ -139,8 +139,9 @@ class CLIPEmbedder:
     fp16 on cuda, fp32 elsewhere; inference only (`torch.inference_mode`), in batches of `batch_size`.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, image_config: dict, device: torch.device, name: str,
-                 batch_size: int = 32):
+    def __init__(
+        self, model: Any, tokenizer: Any, image_config: dict, device: torch.device, name: str, batch_size: int = 32
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -214,8 +215,9 @@ class CLIPEmbedder:
         return np.concatenate(parts)
 
 
-def load_clip(model_name: str | os.PathLike, device: str | torch.device | None = None,
-              batch_size: int = 32) -> CLIPEmbedder:
+def load_clip(
+    model_name: str | os.PathLike, device: str | torch.device | None = None, batch_size: int = 32
+) -> CLIPEmbedder:
     """Load a CLIP model from a local folder or the local HF cache (never the network, never remote code).
 
     model_name: a folder written by `save_pretrained`, or a Hub repo id already in the local cache
@@ -250,8 +252,12 @@ class EfficientNetLite0Embedder:
 
     name = EFFICIENTNET_LITE0
 
-    def __init__(self, device: str | torch.device | None = None, weights_path: str | os.PathLike | None = None,
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        weights_path: str | os.PathLike | None = None,
+        batch_size: int = 64,
+    ):
         from dataflow.models.efficientnet_lite import FEATURE_DIM, load_efficientnet_lite0
 
         self.device = resolve_device(device)
@@ -274,7 +280,7 @@ class EfficientNetLite0Embedder:
 
 
 def load_image_embedder(model_name: str | os.PathLike, device: str | torch.device | None = None) -> ImageEmbedder:
-    """"efficientnet-lite0" -> `EfficientNetLite0Embedder`; anything else -> `load_clip(model_name)`.
+    """ "efficientnet-lite0" -> `EfficientNetLite0Embedder`; anything else -> `load_clip(model_name)`.
 
     Both raise ModelNotFoundError / FileNotFoundError with instructions when weights are not on disk.
     """

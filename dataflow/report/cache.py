@@ -23,6 +23,7 @@ DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 # Numeric columns that are identifiers, not scores.
 _NOT_SCORES = {"id", "index", "idx", "row", "row_id", "group", "dup_group", "step", "label"}
 
+
 class ReportError(ValueError):
     """The cache folder cannot be reported on (missing, empty, several pipelines and no prefix)."""
 
@@ -86,8 +87,14 @@ class CacheView:
     last_step: int
 
     @classmethod
-    def open(cls, cache_path: str | os.PathLike, prefix: str | None = None, *, read_steps: bool = True,
-             columns_of_rejected: list[str] | None = None) -> "CacheView":
+    def open(
+        cls,
+        cache_path: str | os.PathLike,
+        prefix: str | None = None,
+        *,
+        read_steps: bool = True,
+        columns_of_rejected: list[str] | None = None,
+    ) -> CacheView:
         cache = Path(cache_path)
         if not cache.is_dir():
             raise ReportError(f"no such cache folder: {cache}")
@@ -131,8 +138,13 @@ class CacheView:
         for step, cols in sorted(wanted.items()):
             meta = self.manifests[step]
             base = {self.image_key, "image_error"} | ({self.text_key} if self.text_key else set())
-            df = _read_scalar_columns(self.path / meta["file"], meta.get("cache_type") or "jsonl", set(cols), base,
-                                      everything=step == self.last_step)
+            df = _read_scalar_columns(
+                self.path / meta["file"],
+                meta.get("cache_type") or "jsonl",
+                set(cols),
+                base,
+                everything=step == self.last_step,
+            )
             self.steps[step] = Table(step, "step", df, meta.get("image_base"))
 
     def image_base(self, step: int) -> str | None:
@@ -167,8 +179,10 @@ class CacheView:
             for t in meta.get("thresholds") or []:
                 if isinstance(t, dict) and isinstance(t.get("column"), str) and _is_number(t.get("value")):
                     out.setdefault(t["column"], []).append(
-                        Threshold(t["column"], step, op, str(t.get("param", "")), str(t.get("side", "min")),
-                                  float(t["value"])))
+                        Threshold(
+                            t["column"], step, op, str(t.get("param", "")), str(t.get("side", "min")), float(t["value"])
+                        )
+                    )
         return out
 
 
@@ -193,10 +207,12 @@ def numeric_values(s: pd.Series) -> np.ndarray | None:
         return None
     if pd.api.types.is_numeric_dtype(dtype):
         return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    if dtype == object:
+    if dtype is np.dtype(object):
         head = [v for v in s.head(2000).tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if head and all(isinstance(v, (int, float, np.integer, np.floating))
-                        and not isinstance(v, (bool, np.bool_)) for v in head[:200]):
+        if head and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            for v in head[:200]
+        ):
             return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return None
 

@@ -23,8 +23,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataflow.report.cache import (DUPLICATE_REASONS, UNREADABLE_REASONS, CacheView, Table, Threshold, display_image,
-                                   fmt_number, is_score_name, numeric_values)
+from dataflow.report.cache import (
+    DUPLICATE_REASONS,
+    UNREADABLE_REASONS,
+    CacheView,
+    Table,
+    Threshold,
+    display_image,
+    fmt_number,
+    is_score_name,
+    numeric_values,
+)
 from dataflow.report.svg import COLORS, LABELS, histogram_svg
 from dataflow.storage.atomic import atomic_write_bytes
 
@@ -39,8 +48,15 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def build_report(cache_path: str | os.PathLike, out: str | os.PathLike | None = None, prefix: str | None = None, *,
-                 max_thumbnails: int = 400, max_groups: int = 50, thumb_size: int = 128) -> Path:
+def build_report(
+    cache_path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    prefix: str | None = None,
+    *,
+    max_thumbnails: int = 400,
+    max_groups: int = 50,
+    thumb_size: int = 128,
+) -> Path:
     """Write an HTML report of the pipeline cached in ``cache_path`` and return its path.
 
     ``out`` defaults to ``<cache_path>/<prefix>_report.html``. ``prefix`` picks the pipeline when the folder
@@ -66,12 +82,19 @@ def build_report(cache_path: str | os.PathLike, out: str | os.PathLike | None = 
     store.materialize()
 
     body = "\n".join([r.header(), steps, groups, scores, rejected, unreadable])
-    footer = (f'<footer>Built by <code>dataflow report</code> in {time.perf_counter() - started:.2f} s · '
-              f'{store.embedded()} thumbnails embedded (cap {store.max_thumbnails})'
-              f'{f" · {store.omitted} not embedded" if store.omitted else ""}</footer>')
-    page = _asset("page.html").format(title=esc(f"dataflow report: {view.prefix}"), css=_asset("report.css"),
-                                      thumbs_css=store.css(), body=store.fill(body), footer=footer,
-                                      script=_asset("report.js").rstrip("\n"))
+    footer = (
+        f"<footer>Built by <code>dataflow report</code> in {time.perf_counter() - started:.2f} s · "
+        f"{store.embedded()} thumbnails embedded (cap {store.max_thumbnails})"
+        f"{f' · {store.omitted} not embedded' if store.omitted else ''}</footer>"
+    )
+    page = _asset("page.html").format(
+        title=esc(f"dataflow report: {view.prefix}"),
+        css=_asset("report.css"),
+        thumbs_css=store.css(),
+        body=store.fill(body),
+        footer=footer,
+        script=_asset("report.js").rstrip("\n"),
+    )
     target = Path(out) if out is not None else view.path / f"{view.prefix}_report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, page.encode("utf-8"))
@@ -125,9 +148,9 @@ def duplicate_groups(view: CacheView, limit: int | None = None) -> tuple[list[Du
     ranked = allc[np.lexsort((allc[:, 2], allc[:, 1], -allc[:, 0]))]
     total_groups, total_rows = len(allc), int((allc[:, 0] - 1).sum())
     out = []
-    for size, step, code in ranked[: limit if limit is not None else len(ranked)]:
+    for _size, step, code in ranked[: limit if limit is not None else len(ranked)]:
         order, bounds, kept_keys, kept_raw, measure, m_all = per_step[int(step)]
-        rows = order[bounds[code]: bounds[code + 1]]
+        rows = order[bounds[code] : bounds[code + 1]]
         if measure:
             m = m_all[rows]
             rows = rows[np.argsort(m if measure == "distance" else -m, kind="stable")]
@@ -164,31 +187,59 @@ class _Renderer:
             self.reasons += [(step, str(r), int(n)) for r, n in reasons.items()]
         self.columns = self.score_columns()
         thresholds = v.thresholds()
-        need = {"groups": sum(min(g.size, 6) for g in self.groups[: self.max_groups]),
-                "rejected": sum(min(n, 6) for s, r, n in self.reasons
-                                if r not in DUPLICATE_REASONS and r not in UNREADABLE_REASONS),
-                "scores": sum(6 + 4 * len(thresholds.get(c, [])) for c, _ in self.columns)}
+        need = {
+            "groups": sum(min(g.size, 6) for g in self.groups[: self.max_groups]),
+            "rejected": sum(
+                min(n, 6) for s, r, n in self.reasons if r not in DUPLICATE_REASONS and r not in UNREADABLE_REASONS
+            ),
+            "scores": sum(6 + 4 * len(thresholds.get(c, [])) for c, _ in self.columns),
+        }
         self.need = need
         self.alloc = _allocate(need, self.store.max_thumbnails)
         return self.alloc
 
     # ------------------------------------------------------------------ helpers
-    def thumb(self, tab: Table, row: int, caption_html: str, *, placeholder: str | None = None,
-              extra_class: str = "", with_text: bool = True) -> str:
+    def thumb(
+        self,
+        tab: Table,
+        row: int,
+        caption_html: str,
+        *,
+        placeholder: str | None = None,
+        extra_class: str = "",
+        with_text: bool = True,
+    ) -> str:
         images = tab.values(self.view.image_key)
         value = images[row] if images is not None else None
         label = tab.display_images(self.view.image_key)[row]
-        return self.figure(value, tab.image_base or self.view.image_base(tab.step), label, caption_html,
-                           placeholder=placeholder, extra_class=extra_class,
-                           text=self.caption_text(tab, row) if with_text else None)
+        return self.figure(
+            value,
+            tab.image_base or self.view.image_base(tab.step),
+            label,
+            caption_html,
+            placeholder=placeholder,
+            extra_class=extra_class,
+            text=self.caption_text(tab, row) if with_text else None,
+        )
 
-    def figure(self, source: Any, base: str | None, label: str, caption_html: str, *, placeholder: str | None = None,
-               extra_class: str = "", text: str | None = None) -> str:
+    def figure(
+        self,
+        source: Any,
+        base: str | None,
+        label: str,
+        caption_html: str,
+        *,
+        placeholder: str | None = None,
+        extra_class: str = "",
+        text: str | None = None,
+    ) -> str:
         token = self.store.ref(source, base, label, placeholder=placeholder)
         name = label.rsplit("/", 1)[-1] or label
         cap = f'<span class="c" title="{esc(text)}">{esc(text)}</span>' if text else ""
-        return (f'<figure class="tf {extra_class}" data-image="{esc(label)}">{token}<figcaption>'
-                f'<span class="p" title="{esc(label)}">{esc(name)}</span>{caption_html}{cap}</figcaption></figure>')
+        return (
+            f'<figure class="tf {extra_class}" data-image="{esc(label)}">{token}<figcaption>'
+            f'<span class="p" title="{esc(label)}">{esc(name)}</span>{caption_html}{cap}</figcaption></figure>'
+        )
 
     def caption_text(self, tab: Table, row: int) -> str | None:
         texts = tab.values(self.view.text_key) if self.view.text_key else None
@@ -206,27 +257,40 @@ class _Renderer:
         v = self.view
         first, last = v.manifests[min(v.manifests)], v.manifests[v.last_step]
         rejected = sum(int(m.get("rows_rejected") or 0) for m in v.manifests.values())
-        facts = [("rows in", fmt_number(first.get("rows_in"))), ("rows out", fmt_number(last.get("rows_out"))),
-                 ("rejected", fmt_number(rejected)), ("duplicate groups", fmt_number(self.n_groups)),
-                 ("unreadable", fmt_number(self.n_unreadable)), ("steps", str(len(v.manifests)))]
+        facts = [
+            ("rows in", fmt_number(first.get("rows_in"))),
+            ("rows out", fmt_number(last.get("rows_out"))),
+            ("rejected", fmt_number(rejected)),
+            ("duplicate groups", fmt_number(self.n_groups)),
+            ("unreadable", fmt_number(self.n_unreadable)),
+            ("steps", str(len(v.manifests))),
+        ]
         cells = "".join(f'<div class="kpi"><b>{esc(n)}</b><span>{esc(k)}</span></div>' for k, n in facts)
         entry = first.get("first_entry_file_name") or ""
-        return (f'<header><h1>dataflow report <span class="muted">· {esc(v.prefix)}</span></h1>'
-                f'<p class="muted">cache <code>{esc(v.path.resolve())}</code> · input <code>{esc(entry)}</code> · '
-                f'written {esc(last.get("written_at", ""))}</p><div class="kpis">{cells}</div>'
-                f'<nav><a href="#steps">Steps</a><a href="#duplicates">Duplicate groups</a>'
-                f'<a href="#scores">Score distributions</a><a href="#rejected">Rejected rows</a>'
-                f'<a href="#unreadable">Unreadable images</a></nav></header>')
+        return (
+            f'<header><h1>dataflow report <span class="muted">· {esc(v.prefix)}</span></h1>'
+            f'<p class="muted">cache <code>{esc(v.path.resolve())}</code> · input <code>{esc(entry)}</code> · '
+            f'written {esc(last.get("written_at", ""))}</p><div class="kpis">{cells}</div>'
+            f'<nav><a href="#steps">Steps</a><a href="#duplicates">Duplicate groups</a>'
+            f'<a href="#scores">Score distributions</a><a href="#rejected">Rejected rows</a>'
+            f'<a href="#unreadable">Unreadable images</a></nav></header>'
+        )
 
     # ------------------------------------------------------------------ steps
     def steps_section(self) -> str:
         rows = []
         for step, m in self.view.manifests.items():
-            params = "".join(f'<span class="kv">{esc(k)}=<b>{esc(_short(p))}</b></span>'
-                             for k, p in (m.get("params") or {}).items() if p is not None)
+            params = "".join(
+                f'<span class="kv">{esc(k)}=<b>{esc(_short(p))}</b></span>'
+                for k, p in (m.get("params") or {}).items()
+                if p is not None
+            )
             keys = {**(m.get("input_keys") or {}), **(m.get("output_keys") or {})}
-            keys_html = "".join(f'<span class="kv key">{esc(k)}=<b>{esc(_short(p))}</b></span>'
-                                for k, p in keys.items() if p is not None)
+            keys_html = "".join(
+                f'<span class="kv key">{esc(k)}=<b>{esc(_short(p))}</b></span>'
+                for k, p in keys.items()
+                if p is not None
+            )
             reasons = m.get("rejected_reasons") or {}
             rej = fmt_number(m.get("rows_rejected"))
             if reasons:
@@ -234,16 +298,20 @@ class _Renderer:
                 rej += f'<div class="reasons">{spans}</div>'
             new = m.get("new_columns") or []
             new_html = esc(", ".join(new[:5]) + (f" … +{len(new) - 5}" if len(new) > 5 else "")) if new else "-"
-            rows.append(f'<tr data-step="{step}"><td class="n">{step}</td><td><b>{esc(m.get("operator", "?"))}</b></td>'
-                        f'<td class="params">{params}{keys_html}</td><td class="n">{fmt_number(m.get("rows_in"))}</td>'
-                        f'<td class="n">{fmt_number(m.get("rows_out"))}</td><td class="n">{rej}</td>'
-                        f'<td class="n">{float(m.get("seconds") or 0):.2f}</td>'
-                        f'<td class="cols" title="{esc(", ".join(new))}">{new_html}</td></tr>')
-        return (f'<section id="steps"><h2>Steps</h2><div class="scroll"><table class="steps"><thead><tr>'
-                f'<th class="n">step</th><th>operator</th><th>parameters and keys</th><th class="n">rows in</th>'
-                f'<th class="n">rows out</th><th class="n">rejected</th><th class="n">seconds</th>'
-                f'<th>new columns</th></tr>'
-                f'</thead><tbody>{"".join(rows)}</tbody></table></div></section>')
+            rows.append(
+                f'<tr data-step="{step}"><td class="n">{step}</td><td><b>{esc(m.get("operator", "?"))}</b></td>'
+                f'<td class="params">{params}{keys_html}</td><td class="n">{fmt_number(m.get("rows_in"))}</td>'
+                f'<td class="n">{fmt_number(m.get("rows_out"))}</td><td class="n">{rej}</td>'
+                f'<td class="n">{float(m.get("seconds") or 0):.2f}</td>'
+                f'<td class="cols" title="{esc(", ".join(new))}">{new_html}</td></tr>'
+            )
+        return (
+            f'<section id="steps"><h2>Steps</h2><div class="scroll"><table class="steps"><thead><tr>'
+            f'<th class="n">step</th><th>operator</th><th>parameters and keys</th><th class="n">rows in</th>'
+            f'<th class="n">rows out</th><th class="n">rejected</th><th class="n">seconds</th>'
+            f"<th>new columns</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div></section>"
+        )
 
     # ------------------------------------------------------------------ duplicate groups
     def groups_section(self) -> str:
@@ -252,7 +320,7 @@ class _Renderer:
         head = '<section id="duplicates"><h2>Duplicate groups</h2>'
         if not groups:
             return head + '<p class="muted">No step removed duplicates.</p></section>'
-        shown, more = groups[: self.max_groups], groups[self.max_groups:]
+        shown, more = groups[: self.max_groups], groups[self.max_groups :]
         fates = self._later_fates(shown)
         per_group = _fill([g.size for g in shown], self.alloc.get("groups", 0), 2, 6)
         cards = []
@@ -265,9 +333,14 @@ class _Renderer:
             fate_html = f'<span class="badge warn">{esc(fate)}</span>' if fate else ""
             # a filter run without an image key names the kept row by its index, not by an image
             by_index = not isinstance(g.kept_source, (str, dict, bytes))
-            kept_fig = self.figure(g.kept_source, base, f"row {g.kept}" if by_index else g.kept,
-                                   f'<span class="m ok">kept{fate_html}</span>', extra_class="kept",
-                                   placeholder="row index" if by_index else None)
+            kept_fig = self.figure(
+                g.kept_source,
+                base,
+                f"row {g.kept}" if by_index else g.kept,
+                f'<span class="m ok">kept{fate_html}</span>',
+                extra_class="kept",
+                placeholder="row index" if by_index else None,
+            )
             figs, rest = [], []
             for i, row in enumerate(g.rows):
                 row = int(row)
@@ -276,37 +349,53 @@ class _Renderer:
                     figs.append(self.thumb(tab, row, f'<span class="m">{esc(measure)}</span>', extra_class="dup"))
                 elif len(rest) < 50:
                     label = tab.display_images(v.image_key)[row]
-                    rest.append(f'<li data-image="{esc(label)}"><code>{esc(label)}</code> '
-                                f'<span class="muted">{esc(measure)}</span></li>')
+                    rest.append(
+                        f'<li data-image="{esc(label)}"><code>{esc(label)}</code> '
+                        f'<span class="muted">{esc(measure)}</span></li>'
+                    )
             hidden = len(g.rows) - (per_group - 1) - len(rest)
             extra = ""
             if rest:
-                extra = (f'<details><summary>{len(g.rows) - len(figs)} more removed as its duplicates</summary>'
-                         f'<ul class="paths">{"".join(rest)}'
-                         f'{f"<li>… and {hidden} more</li>" if hidden > 0 else ""}</ul></details>')
+                extra = (
+                    f"<details><summary>{len(g.rows) - len(figs)} more removed as its duplicates</summary>"
+                    f'<ul class="paths">{"".join(rest)}'
+                    f"{f'<li>… and {hidden} more</li>' if hidden > 0 else ''}</ul></details>"
+                )
             search = " ".join([g.kept, *tab.display_images(v.image_key)[g.rows[:50]]]).lower()
             params = _op_summary(meta)
-            cards.append(f'<div class="group" data-step="{g.step}" data-kept="{esc(g.kept)}" data-size="{g.size}" '
-                         f'data-search="{esc(search)}"><div class="ghead"><b>{g.size} images</b> · step {g.step} '
-                         f'{esc(meta.get("operator", "?"))} <span class="muted">{esc(params)}</span> · '
-                         f'<span class="badge">{esc(reason)}</span></div><div class="strip">{kept_fig}'
-                         f'<div class="arrow" title="removed as duplicates of the kept image">←</div>{"".join(figs)}'
-                         f'</div>{extra}</div>')
-        note = (f'<p class="muted">{self.n_groups} groups, {self.n_group_rows} rows removed as duplicates; largest '
-                f'first. Each kept image (left) is shown beside the images removed as its duplicates, with their '
-                f'Hamming distance or similarity.</p>')
-        search_box = ('<p class="filter"><input id="group-filter" type="search" placeholder="filter groups by path…" '
-                      'aria-label="filter groups by path"> <span id="group-filter-count" class="muted"></span></p>')
+            cards.append(
+                f'<div class="group" data-step="{g.step}" data-kept="{esc(g.kept)}" data-size="{g.size}" '
+                f'data-search="{esc(search)}"><div class="ghead"><b>{g.size} images</b> · step {g.step} '
+                f'{esc(meta.get("operator", "?"))} <span class="muted">{esc(params)}</span> · '
+                f'<span class="badge">{esc(reason)}</span></div><div class="strip">{kept_fig}'
+                f'<div class="arrow" title="removed as duplicates of the kept image">←</div>{"".join(figs)}'
+                f"</div>{extra}</div>"
+            )
+        note = (
+            f'<p class="muted">{self.n_groups} groups, {self.n_group_rows} rows removed as duplicates; largest '
+            f"first. Each kept image (left) is shown beside the images removed as its duplicates, with their "
+            f"Hamming distance or similarity.</p>"
+        )
+        search_box = (
+            '<p class="filter"><input id="group-filter" type="search" placeholder="filter groups by path…" '
+            'aria-label="filter groups by path"> <span id="group-filter-count" class="muted"></span></p>'
+        )
         tail = ""
         if more:
-            trs = "".join(f'<tr class="gmore" data-step="{g.step}" data-kept="{esc(g.kept)}">'
-                          f'<td class="n">{g.size}</td>'
-                          f'<td class="n">{g.step}</td><td><code>{esc(g.kept)}</code></td><td>'
-                          + esc(", ".join(v.rejected[g.step].display_images(v.image_key)[g.rows[:4]]))
-                          + (" …" if len(g.rows) > 4 else "") + "</td></tr>" for g in more)
-            tail += (f'<details class="more"><summary>groups {len(shown) + 1} to {len(shown) + len(more)} (paths only)'
-                     f'</summary><table><thead><tr><th>size</th><th>step</th><th>kept</th><th>removed</th></tr></thead>'
-                     f'<tbody>{trs}</tbody></table></details>')
+            trs = "".join(
+                f'<tr class="gmore" data-step="{g.step}" data-kept="{esc(g.kept)}">'
+                f'<td class="n">{g.size}</td>'
+                f'<td class="n">{g.step}</td><td><code>{esc(g.kept)}</code></td><td>'
+                + esc(", ".join(v.rejected[g.step].display_images(v.image_key)[g.rows[:4]]))
+                + (" …" if len(g.rows) > 4 else "")
+                + "</td></tr>"
+                for g in more
+            )
+            tail += (
+                f'<details class="more"><summary>groups {len(shown) + 1} to {len(shown) + len(more)} (paths only)'
+                f"</summary><table><thead><tr><th>size</th><th>step</th><th>kept</th><th>removed</th></tr></thead>"
+                f"<tbody>{trs}</tbody></table></details>"
+            )
         left = self.n_groups - len(groups)
         if left > 0:
             steps = sorted({s for s, t in v.rejected.items() if "duplicate_of" in t.df.columns})
@@ -345,15 +434,19 @@ class _Renderer:
             m = v.manifests[step]
             rows_in = int(m.get("rows_in") or 0)
             share = f"{100 * n / rows_in:.1f}%" if rows_in else "-"
-            rows.append(f'<tr data-step="{step}" data-reason="{esc(reason)}"><td class="n">{step}</td>'
-                        f'<td>{esc(m.get("operator", "?"))}</td><td><span class="badge">{esc(reason)}</span></td>'
-                        f'<td class="n count">{n}</td><td class="n">{share}</td></tr>')
+            rows.append(
+                f'<tr data-step="{step}" data-reason="{esc(reason)}"><td class="n">{step}</td>'
+                f'<td>{esc(m.get("operator", "?"))}</td><td><span class="badge">{esc(reason)}</span></td>'
+                f'<td class="n count">{n}</td><td class="n">{share}</td></tr>'
+            )
         if not rows:
-            return ('<section id="rejected"><h2>Rejected rows</h2><p class="muted">No step rejected any row.</p>'
-                    '</section>')
+            return (
+                '<section id="rejected"><h2>Rejected rows</h2><p class="muted">No step rejected any row.</p></section>'
+            )
         sample_pairs = [(s, r, n) for s, r, n in pairs if r not in DUPLICATE_REASONS and s in v.rejected]
-        per_reason = _fill([n for s, r, n in sample_pairs if r not in UNREADABLE_REASONS],
-                           self.alloc.get("rejected", 0), 1, 6)
+        per_reason = _fill(
+            [n for s, r, n in sample_pairs if r not in UNREADABLE_REASONS], self.alloc.get("rejected", 0), 1, 6
+        )
         for step, reason, n in sample_pairs:
             tab = v.rejected[step]
             idx = np.flatnonzero((tab.df["reason"].astype(str) == reason).to_numpy())
@@ -365,19 +458,25 @@ class _Renderer:
                 row = int(row)
                 ph = reason if reason in UNREADABLE_REASONS else None
                 figs.append(self.thumb(tab, row, f'<span class="m">{esc(_detail(tab.df, row))}</span>', placeholder=ph))
-            blocks.append(f'<div class="rblock" data-step="{step}" data-reason="{esc(reason)}"><h4>step {step} · '
-                          f'{esc(v.operator(step))} · <span class="badge">{esc(reason)}</span> '
-                          f'<span class="muted">{n} {"row" if n == 1 else "rows"}'
-                          f'{f", {len(picks)} shown" if len(picks) < n else ""}</span></h4>'
-                          f'<div class="strip">{"".join(figs)}</div></div>')
+            blocks.append(
+                f'<div class="rblock" data-step="{step}" data-reason="{esc(reason)}"><h4>step {step} · '
+                f'{esc(v.operator(step))} · <span class="badge">{esc(reason)}</span> '
+                f'<span class="muted">{n} {"row" if n == 1 else "rows"}'
+                f"{f', {len(picks)} shown' if len(picks) < n else ''}</span></h4>"
+                f'<div class="strip">{"".join(figs)}</div></div>'
+            )
         dup_note = ""
         if any(r in DUPLICATE_REASONS for _, r, _ in pairs):
-            dup_note = ('<p class="muted">Duplicates are shown by group above, in '
-                        '<a href="#duplicates">Duplicate groups</a>.</p>')
-        return (f'<section id="rejected"><h2>Rejected rows by reason</h2><table class="reasons-table"><thead><tr>'
-                f'<th class="n">step</th><th>operator</th><th>reason</th><th class="n">rows</th>'
-                f'<th class="n">of step input</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{dup_note}'
-                f'<div class="rblocks">{"".join(blocks)}</div></section>')
+            dup_note = (
+                '<p class="muted">Duplicates are shown by group above, in '
+                '<a href="#duplicates">Duplicate groups</a>.</p>'
+            )
+        return (
+            f'<section id="rejected"><h2>Rejected rows by reason</h2><table class="reasons-table"><thead><tr>'
+            f'<th class="n">step</th><th>operator</th><th>reason</th><th class="n">rows</th>'
+            f'<th class="n">of step input</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{dup_note}'
+            f'<div class="rblocks">{"".join(blocks)}</div></section>'
+        )
 
     # ------------------------------------------------------------------ unreadable
     def unreadable_section(self) -> str:
@@ -414,17 +513,27 @@ class _Renderer:
         for tab, row, reason, where in items:
             label = tab.display_images(v.image_key)[row]
             detail = _detail(tab.df, row)
-            trs.append(f'<tr data-reason="{esc(reason)}" data-image="{esc(label)}"><td><span class="th ph bad sm" '
-                       f'title="{esc(label)}">{esc(reason)}</span></td>'
-                       f'<td><span class="badge">{esc(reason)}</span></td><td><code>{esc(label)}</code></td>'
-                       f'<td>{esc(detail)}</td><td class="muted">{esc(where)}</td></tr>')
+            trs.append(
+                f'<tr data-reason="{esc(reason)}" data-image="{esc(label)}"><td><span class="th ph bad sm" '
+                f'title="{esc(label)}">{esc(reason)}</span></td>'
+                f'<td><span class="badge">{esc(reason)}</span></td><td><code>{esc(label)}</code></td>'
+                f'<td>{esc(detail)}</td><td class="muted">{esc(where)}</td></tr>'
+            )
         more = self.n_unreadable - len(items)
         note = f'<p class="muted">{more} more not listed.</p>' if more > 0 else ""
-        still_note = (f'<p class="muted">{still} rows of the last step still carry an <code>image_error</code>; '
-                      f'a filter step would move them to its rejected file.</p>') if still else ""
-        return (f'{head}<p>{summary}</p>{still_note}<table class="unreadable"><thead><tr><th></th><th>reason</th>'
-                f'<th>image</th><th>detail</th><th>where</th></tr></thead><tbody>{"".join(trs)}</tbody></table>'
-                f'{note}</section>')
+        still_note = (
+            (
+                f'<p class="muted">{still} rows of the last step still carry an <code>image_error</code>; '
+                f"a filter step would move them to its rejected file.</p>"
+            )
+            if still
+            else ""
+        )
+        return (
+            f'{head}<p>{summary}</p>{still_note}<table class="unreadable"><thead><tr><th></th><th>reason</th>'
+            f"<th>image</th><th>detail</th><th>where</th></tr></thead><tbody>{''.join(trs)}</tbody></table>"
+            f"{note}</section>"
+        )
 
     # ------------------------------------------------------------------ score distributions
     def score_columns(self) -> list[tuple[str, Table]]:
@@ -451,17 +560,20 @@ class _Renderer:
         head = '<section id="scores"><h2>Score distributions</h2>'
         if not columns:
             return head + '<p class="muted">No numeric score columns.</p></section>'
-        legend = "".join(f'<span class="sw" style="background:{c}"></span>{esc(lab)} '
-                         for c, lab in zip(COLORS, LABELS))
+        legend = "".join(
+            f'<span class="sw" style="background:{c}"></span>{esc(lab)} ' for c, lab in zip(COLORS, LABELS)
+        )
         scale = min(1.0, self.alloc.get("scores", 0) / max(self.need["scores"], 1))
         k_end, k_thr = max(1, round(3 * scale)), max(1, round(2 * scale))
         cards = []
         for col, tab in columns:
             cards.append(self._score_card(col, tab, thresholds.get(col, []), k_end, k_thr))
-        return (f'{head}<p class="muted">Every numeric column of step {v.last_step} (and columns only earlier steps '
-                f'hold), over the rows kept and the rows rejected after the column was written. Red lines are '
-                f'filter thresholds; hover a bar for its counts.</p><p class="legend">{legend}</p>'
-                f'<div class="cards">{"".join(cards)}</div></section>')
+        return (
+            f'{head}<p class="muted">Every numeric column of step {v.last_step} (and columns only earlier steps '
+            f"hold), over the rows kept and the rows rejected after the column was written. Red lines are "
+            f'filter thresholds; hover a bar for its counts.</p><p class="legend">{legend}</p>'
+            f'<div class="cards">{"".join(cards)}</div></section>'
+        )
 
     def _score_card(self, col: str, kept_tab: Table, thr: list[Threshold], k_end: int, k_thr: int) -> str:
         v = self.view
@@ -491,16 +603,21 @@ class _Renderer:
         svg = histogram_svg(parts, thr, col)
         stats = ""
         if len(values):
-            stats = (f'n {len(values)} ({len(parts[0])} kept) · missing {missing} · '
-                     f'min {fmt_number(values.min())} · '
-                     f'median {fmt_number(float(np.median(values)))} · max {fmt_number(values.max())}')
-        badges = "".join(f'<span class="badge thr" title="{esc(t.operator)}">step {t.step}: {esc(t.label)}</span>'
-                         for t in thr)
+            stats = (
+                f"n {len(values)} ({len(parts[0])} kept) · missing {missing} · "
+                f"min {fmt_number(values.min())} · "
+                f"median {fmt_number(float(np.median(values)))} · max {fmt_number(values.max())}"
+            )
+        badges = "".join(
+            f'<span class="badge thr" title="{esc(t.operator)}">step {t.step}: {esc(t.label)}</span>' for t in thr
+        )
         strips = self._score_strips(col, values, tab_id, row, status, tabs, thr, k_end, k_thr) if len(values) else ""
         wide = " wide" if thr else ""
-        return (f'<div class="card{wide}" data-column="{esc(col)}"><h3>{esc(col)} {badges}</h3>'
-                f'<p class="stats muted">{stats}</p><div class="cbody"><div class="chart">{svg}</div>{strips}</div>'
-                f'</div>')
+        return (
+            f'<div class="card{wide}" data-column="{esc(col)}"><h3>{esc(col)} {badges}</h3>'
+            f'<p class="stats muted">{stats}</p><div class="cbody"><div class="chart">{svg}</div>{strips}</div>'
+            f"</div>"
+        )
 
     def _score_strips(self, col, values, tab_id, row, status, tabs, thr, k_end, k_thr) -> str:
         if not self.store.has_room():
@@ -530,11 +647,20 @@ class _Renderer:
                 st = int(status[p])
                 state = "kept" if st == 0 else f"rej. step {tab.step}"
                 cls = "ok" if st == 0 else "bad"
-                figs.append(self.thumb(tab, int(row[p]), f'<span class="m v">{esc(fmt_number(values[p]))}</span>'
-                                       f'<span class="{cls}">{esc(state)}</span>', extra_class="sm", with_text=False))
+                figs.append(
+                    self.thumb(
+                        tab,
+                        int(row[p]),
+                        f'<span class="m v">{esc(fmt_number(values[p]))}</span><span class="{cls}">{esc(state)}</span>',
+                        extra_class="sm",
+                        with_text=False,
+                    )
+                )
             if figs:
-                out.append(f'<div class="sgroup"><div class="slabel">{esc(label)}</div><div class="strip sm">'
-                           f'{"".join(figs)}</div></div>')
+                out.append(
+                    f'<div class="sgroup"><div class="slabel">{esc(label)}</div><div class="strip sm">'
+                    f"{''.join(figs)}</div></div>"
+                )
         return f'<div class="samples">{"".join(out)}</div>'
 
 
@@ -622,7 +748,7 @@ def _op_summary(meta: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- page
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _asset(name: str) -> str:
     """A file of ``dataflow/report/assets`` (the page template, its stylesheet and script)."""
     return (resources.files("dataflow.report") / "assets" / name).read_text(encoding="utf-8")

@@ -43,8 +43,7 @@ class _Image:
 class ThumbnailStore:
     """Collects thumbnail requests up to ``max_thumbnails`` distinct images, then embeds them."""
 
-    def __init__(self, max_thumbnails: int = 400, size: int = 128, quality: int = 72,
-                 num_workers: int | None = None):
+    def __init__(self, max_thumbnails: int = 400, size: int = 128, quality: int = 72, num_workers: int | None = None):
         self.max_thumbnails = max(0, int(max_thumbnails))
         self.size = int(size)
         self.quality = int(quality)
@@ -94,7 +93,7 @@ class ThumbnailStore:
             return buf.getvalue(), None
         except ImageLoadError as exc:
             return None, exc.reason
-        except Exception:  # noqa: BLE001 - a report never fails on one bad image
+        except Exception:  # a report never fails on one bad image
             return None, "error"
 
     def css(self) -> str:

@@ -4,4 +4,13 @@ from dataflow.storage.file_storage import CallInfo, FileStorage, StorageError
 from dataflow.storage.formats import CACHE_TYPES, MalformedRowError, StorageFormatError
 from dataflow.storage.lock import CacheFolderError, CacheLockedError
 
-__all__ = ["FileStorage", "StorageError", "CacheLockedError", "CacheFolderError", "StorageFormatError", "MalformedRowError", "CallInfo", "CACHE_TYPES"]
+__all__ = [
+    "FileStorage",
+    "StorageError",
+    "CacheLockedError",
+    "CacheFolderError",
+    "StorageFormatError",
+    "MalformedRowError",
+    "CallInfo",
+    "CACHE_TYPES",
+]

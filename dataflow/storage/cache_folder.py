@@ -46,8 +46,18 @@ def format_steps(cache_dir: str | os.PathLike, prefix: str) -> str:
     """The per-step table: operator, rows in / out / rejected, seconds, new columns."""
     manifests = load_manifests(Path(cache_dir), prefix)
     header = ("step", "operator", "in", "out", "rejected", "seconds", "new columns")
-    rows = [(str(s), m["operator"], str(m.get("rows_in", "")), str(m["rows_out"]), str(m["rows_rejected"]),
-             f"{m['seconds']:.2f}", ", ".join(m.get("new_columns", [])) or "-") for s, m in manifests.items()]
+    rows = [
+        (
+            str(s),
+            m["operator"],
+            str(m.get("rows_in", "")),
+            str(m["rows_out"]),
+            str(m["rows_rejected"]),
+            f"{m['seconds']:.2f}",
+            ", ".join(m.get("new_columns", [])) or "-",
+        )
+        for s, m in manifests.items()
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)

@@ -7,18 +7,23 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 import pandas as pd
 
-import dataflow
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
 from dataflow.storage.inputs import input_kind, list_image_folder
 from dataflow.storage.lock import cache_folder_error
-from dataflow.storage.manifest import (StorageError, check_accounting, path_fingerprint, read_manifest,
-                                       step_manifest, write_manifest)
+from dataflow.storage.manifest import (
+    StorageError,
+    check_accounting,
+    path_fingerprint,
+    read_manifest,
+    step_manifest,
+    write_manifest,
+)
 
 __all__ = ["CallInfo", "FileStorage", "StorageError"]
 
@@ -45,9 +50,16 @@ class FileStorage:
     reads the current one and ``write()`` writes the next, atomically, with a manifest.
     """
 
-    def __init__(self, first_entry_file_name: str | os.PathLike, cache_path: str | os.PathLike = "./cache",
-                 file_name_prefix: str = "dataflow_cache_step", cache_type: str = "jsonl", *,
-                 image_key: str = "image", skip_malformed_rows: bool = False):
+    def __init__(
+        self,
+        first_entry_file_name: str | os.PathLike,
+        cache_path: str | os.PathLike = "./cache",
+        file_name_prefix: str = "dataflow_cache_step",
+        cache_type: str = "jsonl",
+        *,
+        image_key: str = "image",
+        skip_malformed_rows: bool = False,
+    ):
         self.first_entry_file_name = os.fspath(first_entry_file_name)
         self.cache_path = os.fspath(cache_path)
         self.file_name_prefix = file_name_prefix
@@ -73,7 +85,7 @@ class FileStorage:
         entry = Path(self.first_entry_file_name).resolve()
         return str(entry if entry.is_dir() else entry.parent)
 
-    def step(self) -> "FileStorage":
+    def step(self) -> FileStorage:
         """Advance to the next step and return a storage positioned there (DataFlow semantics)."""
         self.operator_step += 1
         return copy.copy(self)
@@ -113,8 +125,10 @@ class FileStorage:
     def read(self, output_type: Literal["dataframe", "dict"] = "dataframe") -> pd.DataFrame | list[dict]:
         """Read the current step as a DataFrame or a list of dicts."""
         if self.operator_step < 0:
-            raise StorageError("read() before step(): call storage.step() first (each operator reads the step "
-                               "it is handed and writes the next)")
+            raise StorageError(
+                "read() before step(): call storage.step() first (each operator reads the step "
+                "it is handed and writes the next)"
+            )
         df = self._read_step(self.operator_step)
         self._rows_in = len(df) + len(self._malformed)
         self._columns_in = list(df.columns)
@@ -133,13 +147,13 @@ class FileStorage:
             kind = self.input_kind
             if kind == "folder":
                 return list_image_folder(self.first_entry_file_name, self.image_key)
-            df, self._malformed = read_table(self.first_entry_file_name, kind,
-                                             skip_malformed=self.skip_malformed_rows)
+            df, self._malformed = read_table(self.first_entry_file_name, kind, skip_malformed=self.skip_malformed_rows)
             return df
         path = self.step_path(step)
         if not path.exists():
-            raise StorageError(f"step {step} has not been written: {path} does not exist (did the operator "
-                               f"of step {step} run?)")
+            raise StorageError(
+                f"step {step} has not been written: {path} does not exist (did the operator of step {step} run?)"
+            )
         return read_table(path, self.cache_type)[0]
 
     def read_columns(self, step: int | None = None) -> list[str]:
@@ -173,8 +187,7 @@ class FileStorage:
         if len(rej) and "reason" not in rej.columns:
             raise StorageError("rejected rows need a 'reason' column saying why each row was dropped")
         if rejected is None and call.keeps_rows and self._rows_in is not None:
-            rej = disappeared_rows(self._read_frame, self._read_dicts, df if rows is None else rows,
-                                   call.operator)
+            rej = disappeared_rows(self._read_frame, self._read_dicts, df if rows is None else rows, call.operator)
         if self._malformed:
             rej = pd.concat([rej, pd.DataFrame(self._malformed)], ignore_index=True)
         if self._rows_in is not None and call.keeps_rows:
@@ -193,13 +206,25 @@ class FileStorage:
                     write_table(rej, tmp, "jsonl")
             else:
                 rej_target.unlink(missing_ok=True)
-            write_manifest(self.manifest_path(out_step), step_manifest(
-                call, step=out_step, rows_in=self._rows_in, rows_out=len(df), rows_rejected=len(rej),
-                rejected_reasons=rej["reason"].value_counts().to_dict() if len(rej) else {},
-                input_fingerprint=self.step_fingerprint(self.operator_step) or "", columns=list(df.columns),
-                columns_in=self._columns_in or [], file=target.name,
-                rejected_file=rej_target.name if len(rej) else None, cache_type=self.cache_type,
-                first_entry_file_name=self.first_entry_file_name, image_base=self.image_base))
+            write_manifest(
+                self.manifest_path(out_step),
+                step_manifest(
+                    call,
+                    step=out_step,
+                    rows_in=self._rows_in,
+                    rows_out=len(df),
+                    rows_rejected=len(rej),
+                    rejected_reasons=rej["reason"].value_counts().to_dict() if len(rej) else {},
+                    input_fingerprint=self.step_fingerprint(self.operator_step) or "",
+                    columns=list(df.columns),
+                    columns_in=self._columns_in or [],
+                    file=target.name,
+                    rejected_file=rej_target.name if len(rej) else None,
+                    cache_type=self.cache_type,
+                    first_entry_file_name=self.first_entry_file_name,
+                    image_base=self.image_base,
+                ),
+            )
         except OSError as exc:
             raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)
@@ -210,13 +235,16 @@ class FileStorage:
         return read_table(path, "jsonl")[0] if path.exists() else pd.DataFrame(columns=["reason"])
 
     def __repr__(self) -> str:
-        return (f"FileStorage({self.first_entry_file_name!r}, cache_path={self.cache_path!r}, "
-                f"file_name_prefix={self.file_name_prefix!r}, cache_type={self.cache_type!r}, "
-                f"step={self.operator_step})")
+        return (
+            f"FileStorage({self.first_entry_file_name!r}, cache_path={self.cache_path!r}, "
+            f"file_name_prefix={self.file_name_prefix!r}, cache_type={self.cache_type!r}, "
+            f"step={self.operator_step})"
+        )
 
 
-def disappeared_rows(read_frame: pd.DataFrame | None, read_dicts: list[dict] | None,
-                     written: pd.DataFrame | list[dict], operator: str) -> pd.DataFrame:
+def disappeared_rows(
+    read_frame: pd.DataFrame | None, read_dicts: list[dict] | None, written: pd.DataFrame | list[dict], operator: str
+) -> pd.DataFrame:
     """The rows read but not written (DataFlow's ``storage.write(df[mask])``), with reason
     ``filtered_by_<operator>``, when the written rows can be matched to them: by index for a frame (the
     ``read_frame`` handed out), by identity for the dicts ``read("dict")`` handed out (``read_dicts``).

@@ -11,12 +11,13 @@ import gc
 import json
 import math
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from itertools import repeat
 from operator import attrgetter, methodcaller
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -51,8 +52,10 @@ class MalformedRowError(StorageFormatError):
 def check_cache_type(cache_type: str) -> str:
     kind = str(cache_type).lower().lstrip(".")
     if kind in ("pickle", "pkl"):
-        raise StorageFormatError("cache_type 'pickle' is refused: loading a pickle runs arbitrary code. "
-                                 f"Use one of {CACHE_TYPES} (parquet keeps embeddings and types).")
+        raise StorageFormatError(
+            "cache_type 'pickle' is refused: loading a pickle runs arbitrary code. "
+            f"Use one of {CACHE_TYPES} (parquet keeps embeddings and types)."
+        )
     if kind not in CACHE_TYPES:
         raise StorageFormatError(f"unknown cache_type {cache_type!r}; expected one of {CACHE_TYPES}")
     return kind
@@ -60,8 +63,8 @@ def check_cache_type(cache_type: str) -> str:
 
 # ---------------------------------------------------------------- reading
 
-def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = False
-               ) -> tuple[pd.DataFrame, list[dict]]:
+
+def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = False) -> tuple[pd.DataFrame, list[dict]]:
     """Read a table; returns the frame and, for JSON lines with ``skip_malformed``, the bad lines."""
     path = Path(path)
     if kind == "jsonl":
@@ -138,8 +141,15 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
         return _frame(records, tagged), bad
 
 
-def _parse_lines(lines: list[bytes], line_no: int, records: list[dict], bad: list[dict], path: Path,
-                 skip_malformed: bool, terminated: bool = True) -> int:
+def _parse_lines(
+    lines: list[bytes],
+    line_no: int,
+    records: list[dict],
+    bad: list[dict],
+    path: Path,
+    skip_malformed: bool,
+    terminated: bool = True,
+) -> int:
     """Parse one block of lines into ``records``; returns the number of lines seen so far."""
     try:
         rows = list(map(orjson.loads, lines))  # fast path: every line a JSON value, no blank lines
@@ -160,8 +170,9 @@ def _parse_lines(lines: list[bytes], line_no: int, records: list[dict], bad: lis
         except ValueError as exc:
             if not skip_malformed:
                 raise MalformedRowError(path, offset, str(exc)) from None
-            bad.append({"line": offset, "raw": line.decode("utf-8", "replace"),
-                        "reason": "malformed_row", "detail": str(exc)})
+            bad.append(
+                {"line": offset, "raw": line.decode("utf-8", "replace"), "reason": "malformed_row", "detail": str(exc)}
+            )
             continue
         records.append(row)
     return line_no + len(lines)
@@ -222,6 +233,7 @@ def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- writing
 
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
     """Write ``df`` to ``path`` (the caller makes it atomic)."""
     if kind == "jsonl":
@@ -237,8 +249,13 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
         # Row groups of ~_ROW_GROUP_BYTES: the writer's and the reader's scratch memory scale with a row
         # group, not with the file (one 1M-row group of embeddings needs ~1 GB of it).
         rows = max(1, min(len(table), int(_ROW_GROUP_BYTES * len(table) / max(table.nbytes, 1))))
-        pq.write_table(table, path, row_group_size=rows, use_dictionary=_parquet_dictionary_columns(table),
-                       write_statistics=_parquet_statistics_columns(table))
+        pq.write_table(
+            table,
+            path,
+            row_group_size=rows,
+            use_dictionary=_parquet_dictionary_columns(table),
+            write_statistics=_parquet_statistics_columns(table),
+        )
         del table
         pa.default_memory_pool().release_unused()
     else:
@@ -251,7 +268,7 @@ def _write_jsonl(df: pd.DataFrame, path: str | os.PathLike) -> None:
     with _no_gc(), open(path, "wb") as fh:
         start, size = 0, _FIRST_ROWS
         while start < len(df):
-            lines = _encode_rows(df.iloc[start:start + size])
+            lines = _encode_rows(df.iloc[start : start + size])
             start += size
             if lines:
                 lines.append(b"")
@@ -280,10 +297,10 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def _native_values(s: pd.Series) -> list:
     values = s.tolist()  # numpy dtypes come back as Python scalars (Timestamps for datetimes)
-    if s.dtype == object or isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
-        # As to_dict does: box numpy scalars and pd.NA found in object / extension columns.
-        if any(issubclass(t, (np.generic, type(pd.NA))) for t in set(map(type, values))):
-            values = [_box_native(v) for v in values]
+    # As to_dict does: box numpy scalars and pd.NA found in object / extension columns.
+    boxed_kinds = s.dtype == object or isinstance(s.dtype, pd.api.extensions.ExtensionDtype)
+    if boxed_kinds and any(issubclass(t, (np.generic, type(pd.NA))) for t in set(map(type, values))):
+        values = [_box_native(v) for v in values]
     return values
 
 
@@ -378,8 +395,10 @@ def _plain(value: Any) -> Any:
 def _check_csv(df: pd.DataFrame) -> None:
     for col in df.columns:
         if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (list, dict, tuple, np.ndarray))).any():
-            raise StorageFormatError(f"column {col!r} holds lists or dicts, which CSV would turn into text; "
-                                     "use cache_type='jsonl' or 'parquet'")
+            raise StorageFormatError(
+                f"column {col!r} holds lists or dicts, which CSV would turn into text; "
+                "use cache_type='jsonl' or 'parquet'"
+            )
 
 
 def to_arrow(df: pd.DataFrame) -> pa.Table:
@@ -388,8 +407,9 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
     for i, col in enumerate(df.columns):
         arr = _column_to_arrow(df.iloc[:, i], str(col))
         # a column of fixed-size lists holds no null (see _fixed_size_list): declare it so
-        fields.append(pa.field(str(col), arr.type, nullable=not pa.types.is_fixed_size_list(arr.type)
-                               or arr.null_count > 0))
+        fields.append(
+            pa.field(str(col), arr.type, nullable=not pa.types.is_fixed_size_list(arr.type) or arr.null_count > 0)
+        )
         arrays.append(arr)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields)) if fields else pa.table({})
 
@@ -404,8 +424,10 @@ def _column_to_arrow(s: pd.Series, name: str) -> pa.Array:
     try:
         return pa.array(s, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise StorageFormatError(f"column {name!r} mixes types that Parquet cannot hold in one column "
-                                 f"({exc}); make it one type or use cache_type='jsonl'") from None
+        raise StorageFormatError(
+            f"column {name!r} mixes types that Parquet cannot hold in one column "
+            f"({exc}); make it one type or use cache_type='jsonl'"
+        ) from None
 
 
 def _fixed_size_list(values: np.ndarray) -> pa.Array | None:
@@ -416,8 +438,11 @@ def _fixed_size_list(values: np.ndarray) -> pa.Array | None:
     # Checks as C loops over the cells (map / attrgetter), not a Python loop per row.
     if not all(issubclass(t, np.ndarray) for t in set(map(type, values))):
         return None
-    if (set(map(attrgetter("ndim"), values)) != {1} or set(map(len, values)) != {first.shape[0]}
-            or set(map(attrgetter("dtype"), values)) != {first.dtype}):
+    if (
+        set(map(attrgetter("ndim"), values)) != {1}
+        or set(map(len, values)) != {first.shape[0]}
+        or set(map(attrgetter("dtype"), values)) != {first.dtype}
+    ):
         return None
     flat = pa.array(np.concatenate(values))  # one exact-size copy; Arrow wraps it without another
     # Declared without nulls (there are none): Parquet then writes no definition levels for the

@@ -9,10 +9,28 @@ import pandas as pd
 
 from dataflow.storage.formats import INPUT_TYPES, StorageFormatError
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
-    ".heic", ".heif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".ico",
+    }
+)
 
 
 def input_kind(path: str | os.PathLike) -> str:
@@ -21,14 +39,17 @@ def input_kind(path: str | os.PathLike) -> str:
     if path.is_dir():
         return "folder"
     if not path.exists():
-        raise FileNotFoundError(f"input not found: {path} (first_entry_file_name must be a data file or a "
-                                "folder of images)")
+        raise FileNotFoundError(
+            f"input not found: {path} (first_entry_file_name must be a data file or a folder of images)"
+        )
     suffix = path.suffix.lower().lstrip(".")
     if suffix in ("pkl", "pickle"):
         raise StorageFormatError(f"{path}: pickle input is refused (loading it can run arbitrary code)")
     if suffix not in INPUT_TYPES:
-        raise StorageFormatError(f"{path}: unknown input type {path.suffix!r}; expected one of "
-                                 f"{', '.join('.' + t for t in INPUT_TYPES)} or a folder of images")
+        raise StorageFormatError(
+            f"{path}: unknown input type {path.suffix!r}; expected one of "
+            f"{', '.join('.' + t for t in INPUT_TYPES)} or a folder of images"
+        )
     return suffix
 
 

@@ -44,7 +44,7 @@ class CacheLock:
         self._lock: FileLock | None = None
         self._depth = 0
 
-    def acquire(self) -> "CacheLock":
+    def acquire(self) -> CacheLock:
         """Take the lock at once or raise ``CacheLockedError`` (held) / ``CacheFolderError`` (unwritable)."""
         if self._lock is not None:  # re-entrant within one process (a pipeline forward inside another)
             self._depth += 1
@@ -82,9 +82,11 @@ class CacheLock:
         try:
             lock.acquire()
         except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
-            raise CacheLockedError(f"cache folder {self.folder} is in use by another run "
-                                   f"({self._holder() or 'unknown process'}); wait for it to finish or use "
-                                   "another cache_path") from None
+            raise CacheLockedError(
+                f"cache folder {self.folder} is in use by another run "
+                f"({self._holder() or 'unknown process'}); wait for it to finish or use "
+                "another cache_path"
+            ) from None
         except OSError as exc:
             raise cache_folder_error(self.folder, exc) from None
         return lock
@@ -93,10 +95,14 @@ class CacheLock:
         """Write this process as the holder, warning about a holder left by a run that died."""
         previous = self._holder()
         if previous:
-            logger.warning("cache folder %s: took over a stale lock left by %s (that run ended without "
-                           "releasing it)", self.folder, previous)
-        self.holder_path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
-                                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+            logger.warning(
+                "cache folder %s: took over a stale lock left by %s (that run ended without releasing it)",
+                self.folder,
+                previous,
+            )
+        self.holder_path.write_text(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
 
     def _holder(self) -> str:
         """The holder text, or "" when there is none."""
@@ -114,6 +120,10 @@ class CacheLock:
 
 def cache_folder_error(folder: Path, exc: OSError) -> CacheFolderError:
     """A ``CacheFolderError`` naming the folder and, in words, why it cannot be written."""
-    why = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
-           errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, str(exc))
+    why = {
+        errno.EACCES: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(exc.errno, str(exc))
     return CacheFolderError(exc.errno, f"cannot write to cache folder {folder}: {why}")

@@ -137,8 +137,9 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
-    atomic_write_bytes(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                                          default=_json_default))
+    atomic_write_bytes(
+        path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -160,16 +161,31 @@ class AccountingError(StorageError):
 def check_accounting(operator: str, rows_in: int, rows_out: int, rows_rejected: int, *, where: str = "") -> None:
     """Rows in = rows out + rows rejected, or a clear error naming the operator (every engine checks here)."""
     if rows_in != rows_out + rows_rejected:
-        raise AccountingError(f"{operator}: rows in ({rows_in}) != rows out ({rows_out}) + rows rejected "
-                              f"({rows_rejected}){where}; an operator must hand every dropped row to "
-                              "storage.write(kept, rejected=dropped) with a reason, or write a subset of the "
-                              "frame it read (same index) so the storage can record the dropped rows")
+        raise AccountingError(
+            f"{operator}: rows in ({rows_in}) != rows out ({rows_out}) + rows rejected "
+            f"({rows_rejected}){where}; an operator must hand every dropped row to "
+            "storage.write(kept, rejected=dropped) with a reason, or write a subset of the "
+            "frame it read (same index) so the storage can record the dropped rows"
+        )
 
 
-def step_manifest(call: Any, *, step: int, rows_in: int | None, rows_out: int, rejected_reasons: dict,
-                  rows_rejected: int, input_fingerprint: str, columns: list[str], columns_in: list[str],
-                  file: str, rejected_file: str | None, cache_type: str, first_entry_file_name: str,
-                  image_base: str) -> dict:
+def step_manifest(
+    call: Any,
+    *,
+    step: int,
+    rows_in: int | None,
+    rows_out: int,
+    rejected_reasons: dict,
+    rows_rejected: int,
+    input_fingerprint: str,
+    columns: list[str],
+    columns_in: list[str],
+    file: str,
+    rejected_file: str | None,
+    cache_type: str,
+    first_entry_file_name: str,
+    image_base: str,
+) -> dict:
     """The manifest of one written step (``<prefix>_step<N>.meta.json``), for either engine.
 
     ``call`` is the :class:`~dataflow.storage.file_storage.CallInfo` of the operator call that wrote it.

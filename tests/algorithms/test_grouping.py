@@ -186,8 +186,9 @@ def grouping_cases(draw):
     counts = draw(st.lists(st.integers(1, 3), min_size=n_items, max_size=n_items))
     inverse = np.repeat(np.arange(n_items), counts)
     inverse = inverse[np.array(draw(st.permutations(list(range(len(inverse))))), dtype=np.int64)]
-    edges = draw(st.lists(st.tuples(st.integers(0, n_items - 1), st.integers(0, n_items - 1), st.integers(0, 10)),
-                          max_size=20))
+    edges = draw(
+        st.lists(st.tuples(st.integers(0, n_items - 1), st.integers(0, n_items - 1), st.integers(0, 10)), max_size=20)
+    )
     n = len(inverse)
     rank = np.array(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)))
     return inverse, np.array(edges, dtype=np.int64).reshape(-1, 3), rank
@@ -198,7 +199,7 @@ def row_pairs(inverse, item_edges):
     rows_of = {}
     for r, u in enumerate(inverse):
         rows_of.setdefault(int(u), []).append(r)
-    out = [(a, b, 0) for rs in rows_of.values() for x, a in enumerate(rs) for b in rs[x + 1:]]
+    out = [(a, b, 0) for rs in rows_of.values() for x, a in enumerate(rs) for b in rs[x + 1 :]]
     for u, v, w in item_edges:
         out += [(a, b, int(w)) for a in rows_of[int(u)] for b in rows_of[int(v)] if u != v]
     return out

@@ -58,8 +58,11 @@ def clustered_hashes(draw):
 
 
 @FAST
-@given(hashes=st.lists(u64, max_size=40).map(lambda v: np.array(v, dtype=np.uint64)), t=st.integers(0, 64),
-       method=st.sampled_from(METHODS))
+@given(
+    hashes=st.lists(u64, max_size=40).map(lambda v: np.array(v, dtype=np.uint64)),
+    t=st.integers(0, 64),
+    method=st.sampled_from(METHODS),
+)
 def test_random_hashes_match_brute_force(hashes, t, method):
     if method == "blocks" and t > 30:
         method = "auto"
@@ -77,8 +80,9 @@ def test_clustered_hashes_match_brute_force(hashes, t, method):
 def test_planted_near_copies(method, t):
     rng = np.random.default_rng(t)
     base = rng.integers(0, 2**64 - 1, 150, dtype=np.uint64, endpoint=True)
-    flips = np.array([sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in rng.integers(0, 12, 60)],
-                     dtype=np.uint64)
+    flips = np.array(
+        [sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in rng.integers(0, 12, 60)], dtype=np.uint64
+    )
     hashes = np.concatenate([base, base[:60] ^ flips, base[:10], np.zeros(4, np.uint64)])
     rng.shuffle(hashes)
     assert_same(find_near_duplicates(hashes, t, method=method), brute_pairs(hashes, t))

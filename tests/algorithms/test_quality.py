@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ def shared(*parts: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reduced(path: Path) -> tuple[Image.Image, int, int]:
     with Image.open(path) as im:
         width, height = im.size
@@ -93,7 +93,9 @@ def test_only_requested_metrics_are_returned_in_order():
 
 def test_file_facts_come_from_the_caller_not_the_decoded_size():
     small = Image.new("RGB", (100, 75), (90, 120, 200))
-    out = compute_metrics(small, ["megapixels", "aspect_ratio", "file_bpp"], width=4000, height=3000, file_bytes=2_400_000)
+    out = compute_metrics(
+        small, ["megapixels", "aspect_ratio", "file_bpp"], width=4000, height=3000, file_bytes=2_400_000
+    )
     assert out == {"megapixels": 12.0, "aspect_ratio": pytest.approx(4 / 3), "file_bpp": 0.2}
 
 
@@ -250,7 +252,9 @@ def test_grayscale_saved_as_rgb_is_grayscale_and_colour_is_not():
 def test_real_grayscale_file_is_grayscale():
     img = reduced("imagededup_tests", "ukbench00120_gray.jpg")
     assert scores(img, "is_grayscale")["is_grayscale"] is True
-    assert scores(reduced("imagededup_tests", "base_images", "ukbench00120.jpg"), "is_grayscale")["is_grayscale"] is False
+    assert (
+        scores(reduced("imagededup_tests", "base_images", "ukbench00120.jpg"), "is_grayscale")["is_grayscale"] is False
+    )
 
 
 def test_dark_and_light_images_score_high():
@@ -259,11 +263,11 @@ def test_dark_and_light_images_score_high():
     dark = Image.fromarray((base * 0.15).astype(np.uint8))
     light = Image.fromarray((255 - (255 - base) * 0.04).astype(np.uint8))
     names = ("dark_score", "light_score", "brightness")
-    p, d, l = scores(photo, *names), scores(dark, *names), scores(light, *names)
+    p, d, lt = scores(photo, *names), scores(dark, *names), scores(light, *names)
     assert p["dark_score"] < 0.3 and p["light_score"] < 0.3
     assert d["dark_score"] > 0.78 > p["dark_score"]  # 0.78: cleanvision's dark threshold, inverted
-    assert l["light_score"] > 0.95 > p["light_score"]  # 0.95: cleanvision's light threshold, inverted
-    assert d["brightness"] < p["brightness"] < l["brightness"]
+    assert lt["light_score"] > 0.95 > p["light_score"]  # 0.95: cleanvision's light threshold, inverted
+    assert d["brightness"] < p["brightness"] < lt["brightness"]
     black = scores(Image.new("RGB", (32, 32)), *names)
     white = scores(Image.new("RGB", (32, 32), (255, 255, 255)), *names)
     assert black == {"dark_score": 1.0, "light_score": 0.0, "brightness": 0.0}

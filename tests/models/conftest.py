@@ -57,26 +57,40 @@ def make_tiny_clip(folder: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
 
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=TINY_CLIP_MAX_TOKENS,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=TINY_CLIP_IMAGE_SIZE, patch_size=8,
-        ),
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": TINY_CLIP_MAX_TOKENS,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": TINY_CLIP_IMAGE_SIZE,
+            "patch_size": 8,
+        },
         projection_dim=TINY_CLIP_DIM,
     )
     torch.manual_seed(seed)
     CLIPModel(config).eval().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor",
-        "size": {"shortest_edge": TINY_CLIP_IMAGE_SIZE},
-        "crop_size": {"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-    }))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "size": {"shortest_edge": TINY_CLIP_IMAGE_SIZE},
+                "crop_size": {"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
     return folder
 
 

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dataflow.models.aesthetic import AestheticMLP, AestheticPredictor, load_aesthetic_predictor  # noqa: E402
-from dataflow.models.clip import ModelNotFoundError  # noqa: E402
+from dataflow.models.aesthetic import AestheticMLP, AestheticPredictor, load_aesthetic_predictor
+from dataflow.models.clip import ModelNotFoundError
 
 
 def _embeddings(n: int, dim: int = 768, seed: int = 0) -> np.ndarray:
@@ -21,8 +21,13 @@ def test_layer_names_match_the_original_mlp():
     expected = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
     assert keys == expected
     shapes = {k: tuple(v.shape) for k, v in AestheticMLP().state_dict().items() if k.endswith("weight")}
-    assert shapes == {"layers.0.weight": (1024, 768), "layers.2.weight": (128, 1024), "layers.4.weight": (64, 128),
-                      "layers.6.weight": (16, 64), "layers.7.weight": (1, 16)}
+    assert shapes == {
+        "layers.0.weight": (1024, 768),
+        "layers.2.weight": (128, 1024),
+        "layers.4.weight": (64, 128),
+        "layers.6.weight": (16, 64),
+        "layers.7.weight": (1, 16),
+    }
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

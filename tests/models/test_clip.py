@@ -11,7 +11,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from dataflow.models.clip import (  # noqa: E402
+from dataflow.models.clip import (
     CLIPEmbedder,
     ImageEmbedder,
     ModelNotFoundError,
@@ -84,8 +84,9 @@ def test_embeddings_match_transformers_forward(clip):
     images, texts = _images(2, seed=5), ["a red car", "two zebras"]
     tokens = clip.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
-        out = clip.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                         pixel_values=clip.preprocess(images))
+        out = clip.model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=clip.preprocess(images)
+        )
     np.testing.assert_allclose(clip.encode_images(images), out.image_embeds.numpy(), atol=1e-5)
     np.testing.assert_allclose(clip.encode_texts(texts), out.text_embeds.numpy(), atol=1e-5)
 

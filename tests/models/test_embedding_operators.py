@@ -10,8 +10,13 @@ import pytest
 from conftest import TINY_CLIP_DIM, make_tiny_aesthetic_weights
 from shared_data import REPO, shared
 
-from dataflow.operators.core_vision import (ImageAestheticEvaluator, ImageDeduplicateFilter, ImageEmbeddingEvaluator,
-                                            ImageTextSimilarityEvaluator, ImageTextSimilarityFilter)
+from dataflow.operators.core_vision import (
+    ImageAestheticEvaluator,
+    ImageDeduplicateFilter,
+    ImageEmbeddingEvaluator,
+    ImageTextSimilarityEvaluator,
+    ImageTextSimilarityFilter,
+)
 from dataflow.utils.storage import FileStorage
 
 EXAMPLE = REPO / "example_data" / "images.jsonl"
@@ -19,8 +24,12 @@ EXAMPLE = REPO / "example_data" / "images.jsonl"
 
 def test_the_dataflow_doc_call_runs_as_written(tiny_clip_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    storage = FileStorage(first_entry_file_name=str(EXAMPLE), cache_path="./cache_local",
-                          file_name_prefix="image_dedupe_filter", cache_type="jsonl")
+    storage = FileStorage(
+        first_entry_file_name=str(EXAMPLE),
+        cache_path="./cache_local",
+        file_name_prefix="image_dedupe_filter",
+        cache_type="jsonl",
+    )
     filt = ImageDeduplicateFilter(model_name=str(tiny_clip_dir), threshold=0.90, batch_size=32, device="cuda")
     import torch
 
@@ -56,7 +65,8 @@ def test_embeddings_column_and_reuse_give_the_same_dedup(tiny_clip_dir, tmp_path
     assert df[df.image_error.notna()].embedding.isna().all()
 
     ImageDeduplicateFilter(model_name="not-needed-when-reusing", threshold=0.95).run(
-        storage, input_embedding_key="embedding")
+        storage, input_embedding_key="embedding"
+    )
     reused_kept = storage.step().read()
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)
@@ -77,8 +87,15 @@ def captions_storage(tmp_path, captions):
 
 
 def test_text_similarity_scores_reduce_and_missing(tiny_clip_dir, tmp_path):
-    storage = captions_storage(tmp_path, [("scene_00.jpg", "a sunset"), ("scene_01.jpg", ["one", "two", "three"]),
-                                          ("scene_02.jpg", None), ("truncated.jpg", "cut off")])
+    storage = captions_storage(
+        tmp_path,
+        [
+            ("scene_00.jpg", "a sunset"),
+            ("scene_01.jpg", ["one", "two", "three"]),
+            ("scene_02.jpg", None),
+            ("truncated.jpg", "cut off"),
+        ],
+    )
     mean = ImageTextSimilarityEvaluator(model_name=str(tiny_clip_dir), device="cpu")
     mean.run(storage.step())
     scores = storage.step().read()
@@ -92,9 +109,12 @@ def test_text_similarity_scores_reduce_and_missing(tiny_clip_dir, tmp_path):
 
 
 def test_text_similarity_filter_reuses_scores_and_records_reasons(tmp_path):
-    rows = [{"image": "a.jpg", "clip_score": 0.31}, {"image": "b.jpg", "clip_score": 0.12},
-            {"image": "c.jpg", "clip_score": None, "image_error": "missing"},
-            {"image": "d.jpg", "clip_score": None, "image_error": None}]
+    rows = [
+        {"image": "a.jpg", "clip_score": 0.31},
+        {"image": "b.jpg", "clip_score": 0.12},
+        {"image": "c.jpg", "clip_score": None, "image_error": "missing"},
+        {"image": "d.jpg", "clip_score": None, "image_error": None},
+    ]
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = FileStorage(src, cache_path=tmp_path / "c")
@@ -118,9 +138,11 @@ def test_aesthetic_scores_match_the_predictor(tiny_clip_dir, tmp_path):
     storage = FileStorage(EXAMPLE, cache_path=tmp_path / "c", cache_type="parquet")
     ImageEmbeddingEvaluator(model_name=str(tiny_clip_dir), device="cpu").run(storage.step())
     ImageAestheticEvaluator(model_path=str(weights), clip_model_name=str(tiny_clip_dir), device="cpu").run(
-        storage.step())
+        storage.step()
+    )
     ImageAestheticEvaluator(model_path=str(weights), clip_model_name="unused").run(
-        storage.step(), input_embedding_key="embedding", output_score_key="from_column")
+        storage.step(), input_embedding_key="embedding", output_score_key="from_column"
+    )
     df = storage.step().read()
     good = df[df.image_error.isna()]
     expected = load_aesthetic_predictor(weights).predict(np.stack(good.embedding))
@@ -162,8 +184,12 @@ def test_true_captions_beat_shuffled_ones_with_real_clip(tmp_path):
     rows = [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines()[:64]]
     shuffled = [r["captions"] for r in rows[1:] + rows[:1]]
     src = tmp_path / "rows.jsonl"
-    src.write_text("".join(json.dumps({"image": str(coco / r["image"]), "true": r["captions"], "fake": s}) + "\n"
-                           for r, s in zip(rows, shuffled)))
+    src.write_text(
+        "".join(
+            json.dumps({"image": str(coco / r["image"]), "true": r["captions"], "fake": s}) + "\n"
+            for r, s in zip(rows, shuffled)
+        )
+    )
     storage = FileStorage(src, cache_path=tmp_path / "c")
     op = ImageTextSimilarityEvaluator(model_name=model)
     op.run(storage.step(), input_text_key="true", output_score_key="true_score")

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from dataflow.engines.ray.options import OPTION_KEYS, RayStepOptions, check_options, parse_options
 
-_LAZY = ("EngineError", "RayEngine", "RayNotInstalledError", "RayOptionsError", "require_ray", "run_config_pipeline",
-         "run_pipeline", "strategy_of")
+_LAZY = (
+    "EngineError",
+    "RayEngine",
+    "RayNotInstalledError",
+    "RayOptionsError",
+    "require_ray",
+    "run_config_pipeline",
+    "run_pipeline",
+    "strategy_of",
+)
 __all__ = ["OPTION_KEYS", "RayStepOptions", "check_options", "parse_options", *_LAZY]
 
 

@@ -66,8 +66,7 @@ class KeyLayout:
             "widths": np.array(self.widths, dtype=np.int64),
             "shifts": np.array(self.shifts, dtype=np.int64),
             "radii": np.array(self.radii, dtype=np.int64),
-            "block_masks": np.array([((1 << w) - 1) << s for w, s in zip(self.widths, self.shifts)],
-                                    dtype=np.uint64),
+            "block_masks": np.array([((1 << w) - 1) << s for w, s in zip(self.widths, self.shifts)], dtype=np.uint64),
             "ball": np.concatenate(balls).astype(np.int64),
             "ball_start": starts,
         }
@@ -108,8 +107,11 @@ def choose_key_layout(max_distance: int, n: int) -> KeyLayout:
         units = max(0, math.ceil((t + 1 - m) / 2))
         feasible = True
         for _ in range(units):  # each unit adds 2 to the coverage sum; the cost is convex per block
-            options = [(_cost(n, [widths[b]], [radii[b] + 1]) - _cost(n, [widths[b]], [radii[b]]), b)
-                       for b in range(m) if 2 * (radii[b] + 1) < widths[b]]
+            options = [
+                (_cost(n, [widths[b]], [radii[b] + 1]) - _cost(n, [widths[b]], [radii[b]]), b)
+                for b in range(m)
+                if 2 * (radii[b] + 1) < widths[b]
+            ]
             if not options:
                 feasible = False
                 break
@@ -136,8 +138,10 @@ def top_bits(layout: KeyLayout, n_partitions: int) -> int:
 
 def partition_masks(layout: KeyLayout, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per block, the distinct top-``k``-bit patterns of its ball masks (flat array + starts)."""
-    parts = [np.unique(_ball_masks(w, r) >> (w - k)) if k else np.zeros(1, np.int64)
-             for w, r in zip(layout.widths, layout.radii)]
+    parts = [
+        np.unique(_ball_masks(w, r) >> (w - k)) if k else np.zeros(1, np.int64)
+        for w, r in zip(layout.widths, layout.radii)
+    ]
     starts = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=starts[1:])
     return np.concatenate(parts).astype(np.int64), starts
@@ -279,8 +283,9 @@ def _verify_run(run, block, c, t, shifts, widths, radii, block_masks, ball, ball
             x = ha ^ hb
             if _earlier_block(x, block, block_masks, radii):
                 continue
-            if b >= same_end and not _records_here(x, ha, block, c, shifts, widths, radii, block_masks, ball,
-                                                   ball_start):
+            if b >= same_end and not _records_here(
+                x, ha, block, c, shifts, widths, radii, block_masks, ball, ball_start
+            ):
                 continue
             lo_h, hi_h = (ha, hb) if ha < hb else (hb, ha)
             out_a, out_b, out_d, k = _push(out_a, out_b, out_d, k, lo_h, hi_h, d)
@@ -330,15 +335,27 @@ def verify_partition_kernel(hashes, block, top, k_bits, t, shifts, widths, radii
         if s1 - s0 < 2:
             continue
         c = (np.int64(top) << low_bits) | q
-        out_a, out_b, out_d, k = _verify_run(bucketed[s0:s1], block, c, tt, shifts, widths, radii, block_masks,
-                                             ball, ball_start, out_a, out_b, out_d, k)
+        out_a, out_b, out_d, k = _verify_run(
+            bucketed[s0:s1], block, c, tt, shifts, widths, radii, block_masks, ball, ball_start, out_a, out_b, out_d, k
+        )
     return out_a[:k].copy(), out_b[:k].copy(), out_d[:k].copy()
 
 
-def verify_partition(partition: int, hashes: np.ndarray, t: int, arrays: dict, k: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def verify_partition(
+    partition: int, hashes: np.ndarray, t: int, arrays: dict, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Records of one shuffled partition ``(block << k) | top`` (see :func:`verify_partition_kernel`)."""
     block, top = int(partition) >> k, int(partition) & ((1 << k) - 1)
-    return verify_partition_kernel(np.ascontiguousarray(hashes, dtype=np.uint64), block, top, k, int(t),
-                                   arrays["shifts"], arrays["widths"], arrays["radii"], arrays["block_masks"],
-                                   arrays["ball"], arrays["ball_start"])
+    return verify_partition_kernel(
+        np.ascontiguousarray(hashes, dtype=np.uint64),
+        block,
+        top,
+        k,
+        int(t),
+        arrays["shifts"],
+        arrays["widths"],
+        arrays["radii"],
+        arrays["block_masks"],
+        arrays["ball"],
+        arrays["ball_start"],
+    )

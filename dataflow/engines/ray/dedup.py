@@ -87,8 +87,13 @@ def keys_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
         raise ValueError(f"{job.ctx.name}.row_keys returned {len(results)} results for {len(df)} rows")
     ok = np.array([r.error is None for r in results], dtype=bool)
     values = op.stack_keys([r.value for r in results if r.error is None])
-    side = pd.DataFrame({"ok": ok, "err": pd.Series([r.error for r in results], dtype=object),
-                         "detail": pd.Series([r.detail for r in results], dtype=object)})
+    side = pd.DataFrame(
+        {
+            "ok": ok,
+            "err": pd.Series([r.error for r in results], dtype=object),
+            "detail": pd.Series([r.detail for r in results], dtype=object),
+        }
+    )
     if op.search == "cosine":
         if ok.any():
             np.save(_side_path(job.ctx.work_dir, sl.offset, "vec", "npy"), values)
@@ -125,8 +130,9 @@ def exact_group(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def hash_emit(batch: dict, *, arrays: dict, k: int, top_masks: np.ndarray, top_start: np.ndarray) -> dict:
-    parts, hashes = _hamming.emit_partitions(np.ascontiguousarray(batch["h"], dtype=np.uint64), arrays["shifts"],
-                                             arrays["widths"], k, top_masks, top_start)
+    parts, hashes = _hamming.emit_partitions(
+        np.ascontiguousarray(batch["h"], dtype=np.uint64), arrays["shifts"], arrays["widths"], k, top_masks, top_start
+    )
     return {"part": parts, "h": hashes}
 
 
@@ -139,8 +145,11 @@ def touched_rows(batch: dict, *, column: str, values: np.ndarray) -> dict:
     """Rows of the slim table whose ``column`` value is in ``values`` (sorted)."""
     col = batch[column]
     pos = np.searchsorted(values, col)
-    hit = (pos < len(values)) & (values[np.minimum(pos, len(values) - 1)] == col) if len(values) else \
-        np.zeros(len(col), dtype=bool)
+    hit = (
+        (pos < len(values)) & (values[np.minimum(pos, len(values) - 1)] == col)
+        if len(values)
+        else np.zeros(len(col), dtype=bool)
+    )
     return {k: v[hit] for k, v in batch.items()}
 
 
@@ -165,8 +174,11 @@ def vector_pairs(batch: pd.DataFrame, *, work_dir: str, threshold: float) -> pd.
         i, j = found.pairs[:, 0], found.pairs[:, 1]
         keep = np.ones(len(i), dtype=bool) if left == right else (i < n_left) & (j >= n_left)
         frames.append(pd.DataFrame({"a": rows[i[keep]], "b": rows[j[keep]], "s": found.similarities[keep]}))
-        frames.append(pd.DataFrame({"a": rows, "b": np.full(len(rows), -1, dtype=np.int64),
-                                    "s": found.max_similarity.astype(np.float32)}))
+        frames.append(
+            pd.DataFrame(
+                {"a": rows, "b": np.full(len(rows), -1, dtype=np.int64), "s": found.max_similarity.astype(np.float32)}
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -247,13 +259,17 @@ def write_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
     payload = loads(item["payload"]) if item.get("payload") else None
     best = None
     if op.search == "cosine":  # best scores by position in the slice; the readable rows' are kept
-        best = (np.asarray(payload["best"], dtype=np.float64)[ok] if payload is not None and "best" in payload
-                else np.full(len(good), np.nan))
+        best = (
+            np.asarray(payload["best"], dtype=np.float64)[ok]
+            if payload is not None and "best" in payload
+            else np.full(len(good), np.nan)
+        )
     decided = slice_decisions(good, payload, _slice_keys(op, side, job.ctx.work_dir, sl.offset), best)
     kept, dups = op.split(good, decided, job.keys)
     columns, promote = job.extra["rejected_columns"], tuple(job.extra["promote"])
-    stats = write_outputs(sl.offset, len(df), kept,
-                          [("a", _align(unreadable, columns)), ("b", _align(dups, columns, promote))], job.ctx)
+    stats = write_outputs(
+        sl.offset, len(df), kept, [("a", _align(unreadable, columns)), ("b", _align(dups, columns, promote))], job.ctx
+    )
     return pd.DataFrame([stats.as_row()])
 
 
@@ -261,7 +277,7 @@ def write_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
 # orchestration (driver)
 
 
-def run_dedup(run: "StepRun") -> pd.DataFrame:
+def run_dedup(run: StepRun) -> pd.DataFrame:
     """A dedup step: keys in tasks (or actors), the distributed search of ``op.search``, groups on the
     driver over the touched rows, then the write."""
     op = run.op
@@ -287,37 +303,42 @@ def run_dedup(run: "StepRun") -> pd.DataFrame:
     return _write_groups(run, rows, groups, readable=readable, best=best, dup_columns=dup_columns)
 
 
-def _dry_run(run: "StepRun") -> list[str]:
+def _dry_run(run: StepRun) -> list[str]:
     """The operator's phase 3 on zero rows, on the driver: fails early on a bad ``keep`` (with the
     operator's own message) and tells which columns ``split`` gives duplicate rows."""
     op = run.op
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in run.input_columns})
     op.keep_values(empty, run.ctx.image_base, run.keys, num_workers=1)
     none = np.zeros(0)
-    decided = Decisions(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), none,
-                        np.empty(0, dtype=object), none if op.search == "cosine" else None, op.stack_keys([]))
+    decided = Decisions(
+        np.zeros(0, dtype=bool),
+        np.zeros(0, dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+        none,
+        np.empty(0, dtype=object),
+        none if op.search == "cosine" else None,
+        op.stack_keys([]),
+    )
     _, dups = op.split(empty, decided, run.keys)
     return [str(c) for c in dups.columns if c not in set(run.input_columns)]
 
 
-def _exact_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
+def _exact_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
     """Rows with equal keys, brought together by a shuffle; as the local search, one item per key."""
     if readable:
-        groups = _groupby(slim, "part", run.shuffle_partitions(readable)).map_groups(exact_group,
-                                                                                     batch_format="pandas")
+        groups = _groupby(slim, "part", run.shuffle_partitions(readable)).map_groups(exact_group, batch_format="pandas")
         rows = groups.to_pandas()
     else:
         rows = pd.DataFrame()
     if not len(rows):
-        rows = pd.DataFrame({ROW_ID: np.empty(0, np.int64), "k": pd.Series([], dtype=object),
-                             "pv": np.empty(0, float)})
+        rows = pd.DataFrame({ROW_ID: np.empty(0, np.int64), "k": pd.Series([], dtype=object), "pv": np.empty(0, float)})
     rows = rows.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
     _, inverse = np.unique(rows["k"].to_numpy(dtype=object).astype(str), return_inverse=True)
     run.log(f"{len(rows)} rows share their key with another row")
     return rows, Pairs(np.empty((0, 2), dtype=np.int64), inverse=inverse.ravel().astype(np.int64))
 
 
-def _hamming_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
+def _hamming_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pairs]:
     """Pairs of distinct hashes within ``max_distance`` by the block-key shuffle, over the touched values."""
     t = int(run.op.max_distance)
     layout = _hamming.choose_key_layout(t, max(readable, 1))
@@ -325,11 +346,15 @@ def _hamming_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, P
     k = _hamming.top_bits(layout, run.hash_partitions(readable))
     top_masks, top_start = _hamming.partition_masks(layout, k)
     if readable:
-        emitted = slim.map_batches(hash_emit, batch_format="numpy", fn_kwargs={
-            "arrays": arrays, "k": k, "top_masks": top_masks, "top_start": top_start})
+        emitted = slim.map_batches(
+            hash_emit,
+            batch_format="numpy",
+            fn_kwargs={"arrays": arrays, "k": k, "top_masks": top_masks, "top_start": top_start},
+        )
         shuffled_rows = readable * int(top_start[-1])
         edges = _groupby(emitted, "part", run.shuffle_partitions(shuffled_rows)).map_groups(
-            hash_verify, batch_format="numpy", fn_kwargs={"t": t, "arrays": arrays, "k": k})
+            hash_verify, batch_format="numpy", fn_kwargs={"t": t, "arrays": arrays, "k": k}
+        )
         found = edges.to_pandas()
     else:
         shuffled_rows, found = 0, pd.DataFrame()
@@ -337,9 +362,11 @@ def _hamming_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, P
     b = found["b"].to_numpy(np.uint64) if len(found) else np.empty(0, np.uint64)
     d = found["d"].to_numpy(np.int64) if len(found) else np.empty(0, np.int64)
     items = np.unique(np.concatenate([a, b]))
-    run.log(f"blocks {layout.widths} radii {layout.radii}, {shuffled_rows} rows shuffled into "
-            f"{len(layout.widths) << k} partitions: {int((a != b).sum())} pairs within {t}, "
-            f"{len(items)} hash values with duplicates")
+    run.log(
+        f"blocks {layout.widths} radii {layout.radii}, {shuffled_rows} rows shuffled into "
+        f"{len(layout.widths) << k} partitions: {int((a != b).sum())} pairs within {t}, "
+        f"{len(items)} hash values with duplicates"
+    )
     rows = _touched(slim, "h", items, ["h", "pv"])
     pairs = a != b
     inverse = np.searchsorted(items, rows["h"].to_numpy(np.uint64))
@@ -347,7 +374,7 @@ def _hamming_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, P
     return rows, Pairs(edge_array.reshape(-1, 3), inverse=inverse.astype(np.int64))
 
 
-def _cosine_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
+def _cosine_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
     """Blockwise cosine search per pair of vector shards (exact: every pair found), and each row's best."""
     threshold = float(run.op.threshold)
     dims = slim.unique("dim") if readable else []
@@ -358,8 +385,9 @@ def _cosine_pairs(run: "StepRun", slim, readable: int) -> tuple[pd.DataFrame, Pa
     best = np.full(run.rows, np.nan, dtype=np.float64)
     a_parts, b_parts, s_parts = [], [], []
     if items:
-        found = run.map_items(items, vector_pairs, {"work_dir": run.ctx.work_dir, "threshold": threshold},
-                              num_cpus=run.options.num_cpus)
+        found = run.map_items(
+            items, vector_pairs, {"work_dir": run.ctx.work_dir, "threshold": threshold}, num_cpus=run.options.num_cpus
+        )
         for batch in found.iter_batches(batch_format="numpy", batch_size=1 << 20):
             is_best = batch["b"] < 0
             np.fmax.at(best, batch["a"][is_best], batch["s"][is_best].astype(np.float64))
@@ -390,15 +418,17 @@ def _touched(slim, column: str, values: np.ndarray, columns: list[str]) -> pd.Da
     """The slim rows whose ``column`` is in ``values``, sorted by row id (only they reach the driver)."""
     wanted = [ROW_ID] + [c for c in columns if c != ROW_ID]
     if not len(values):
-        return pd.DataFrame({c: np.empty(0, np.uint64 if c == "h" else np.int64 if c == ROW_ID else float)
-                             for c in wanted})
+        return pd.DataFrame(
+            {c: np.empty(0, np.uint64 if c == "h" else np.int64 if c == ROW_ID else float) for c in wanted}
+        )
     hits = slim.map_batches(touched_rows, batch_format="numpy", fn_kwargs={"column": column, "values": values})
     rows = hits.select_columns(wanted).to_pandas()
     return rows.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
 
 
-def _rejected_columns(input_columns: list[str], any_unreadable: bool, any_dups: bool, dup_columns: list[str]
-                      ) -> tuple[list[str], list[str]]:
+def _rejected_columns(
+    input_columns: list[str], any_unreadable: bool, any_dups: bool, dup_columns: list[str]
+) -> tuple[list[str], list[str]]:
     """The columns of the local engine's ``concat(unreadable, dups)`` (empty frames left out), and the
     duplicate columns that concatenation fills with nulls for unreadable rows (so promotes)."""
     cols = list(input_columns) + ["reason"]
@@ -419,7 +449,7 @@ def _payloads_by_slice(slices: list[Slice], rid: np.ndarray, make) -> list[bytes
     return out
 
 
-def _lookup(run: "StepRun", rids: np.ndarray, column: str | None) -> dict[int, Any]:
+def _lookup(run: StepRun, rids: np.ndarray, column: str | None) -> dict[int, Any]:
     """``{row id: value of column}`` for a few rows (the kept rows that duplicates point at)."""
     rids = np.unique(np.asarray(rids, dtype=np.int64))
     if not len(rids):
@@ -438,8 +468,9 @@ def _lookup(run: "StepRun", rids: np.ndarray, column: str | None) -> dict[int, A
     return out
 
 
-def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, readable: int, best: np.ndarray | None,
-                  dup_columns: list[str]) -> pd.DataFrame:
+def _write_groups(
+    run: StepRun, rows: pd.DataFrame, groups, *, readable: int, best: np.ndarray | None, dup_columns: list[str]
+) -> pd.DataFrame:
     """Pass 3: each slice's decisions (touched rows only, plus every row's best score for cosine)."""
     rid = rows[ROW_ID].to_numpy(np.int64)
     keeper = rid[groups.group_id] if len(rid) else np.empty(0, np.int64)
@@ -452,8 +483,14 @@ def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, readable: int, 
     dup_of[dropped] = [images[int(x)] for x in keeper[dropped]]
 
     def make(lo: int, hi: int) -> dict:
-        return {"rid": rid[lo:hi], "keep": groups.keep[lo:hi], "group": keeper[lo:hi],
-                "size": groups.group_size[lo:hi], "weight": groups.weight[lo:hi], "dup_of": dup_of[lo:hi]}
+        return {
+            "rid": rid[lo:hi],
+            "keep": groups.keep[lo:hi],
+            "group": keeper[lo:hi],
+            "size": groups.group_size[lo:hi],
+            "weight": groups.weight[lo:hi],
+            "dup_of": dup_of[lo:hi],
+        }
 
     clock = time.perf_counter()
     payloads = _payloads_by_slice(run.slices, rid, make)
@@ -462,19 +499,20 @@ def _write_groups(run: "StepRun", rows: pd.DataFrame, groups, *, readable: int, 
     n_dups = int(dropped.sum())
     run.log(f"{n_dups} duplicates in {int((groups.keep & (groups.group_size > 1)).sum())} groups")
     columns, promote = _rejected_columns(run.input_columns, readable < run.rows, n_dups > 0, dup_columns)
-    stats = run.map_slices("dedup_write", {"rejected_columns": columns, "promote": promote}, payloads=payloads,
-                           actors=False, num_gpus=0).to_pandas()
+    stats = run.map_slices(
+        "dedup_write", {"rejected_columns": columns, "promote": promote}, payloads=payloads, actors=False, num_gpus=0
+    ).to_pandas()
     run.log(f"wrote {len(run.slices)} slice(s) in {time.perf_counter() - clock:.1f}s")
     return stats
 
 
 def _with_best(payload: bytes, sl: Slice, best: np.ndarray) -> bytes:
     data = loads(payload) if payload else {"rid": np.empty(0, np.int64)}
-    data["best"] = best[sl.offset:sl.offset + sl.rows]  # by position in the slice; the writer picks readable rows
+    data["best"] = best[sl.offset : sl.offset + sl.rows]  # by position in the slice; the writer picks readable rows
     return dumps(data)
 
 
-def _vector_shards(run: "StepRun", shard_rows: int) -> list[list[int]]:
+def _vector_shards(run: StepRun, shard_rows: int) -> list[list[int]]:
     """Consecutive slices grouped into vector shards of about ``shard_rows`` readable rows."""
     shards, current, size = [], [], 0
     for sl in run.slices:

@@ -45,7 +45,7 @@ class Slice:
         return {"path": self.path, "start": self.start, "stop": self.stop, "offset": self.offset}
 
     @classmethod
-    def from_item(cls, item: dict) -> "Slice":
+    def from_item(cls, item: dict) -> Slice:
         return cls(str(item["path"]), int(item["start"]), int(item["stop"]), int(item["offset"]))
 
 
@@ -53,8 +53,11 @@ def step_files(path: str | os.PathLike) -> list[str]:
     """The Parquet files of a step: the shards of a folder (name order), or the file itself."""
     path = Path(path)
     if path.is_dir():
-        return [str(p) for p in sorted(path.iterdir())
-                if p.suffix == ".parquet" and p.is_file() and not p.name.startswith((".", "_"))]
+        return [
+            str(p)
+            for p in sorted(path.iterdir())
+            if p.suffix == ".parquet" and p.is_file() and not p.name.startswith((".", "_"))
+        ]
     return [str(path)]
 
 
@@ -165,11 +168,10 @@ def empty_shard(folder: Path, schema: pa.Schema) -> None:
 
 def concat_parts(parts: list[Path], target: Path) -> None:
     """Concatenate JSON-lines parts (in the given order) into ``target``, atomically."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as fh:
-                    shutil.copyfileobj(fh, out, 1 << 20)
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def swap_into_place(tmp: Path, target: Path) -> None:

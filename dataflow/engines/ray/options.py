@@ -18,6 +18,7 @@ import difflib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+
 @dataclass(frozen=True)
 class RayStepOptions:
     """How one step runs on Ray.
@@ -41,7 +42,7 @@ class RayStepOptions:
     max_retries: int | None = None
     actors: bool | None = None
 
-    def merged(self, other: "RayStepOptions | dict | None") -> "RayStepOptions":
+    def merged(self, other: RayStepOptions | dict | None) -> RayStepOptions:
         if other is None:
             return self
         if isinstance(other, RayStepOptions):
@@ -62,8 +63,10 @@ def check_options(value: Any, where: str) -> list[str]:
     for key, v in value.items():
         if key not in OPTION_KEYS:
             close = difflib.get_close_matches(str(key), OPTION_KEYS, n=1)
-            problems.append(f"{where}: ray: unknown option {key!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                                      f" (options: {', '.join(OPTION_KEYS)})"))
+            problems.append(
+                f"{where}: ray: unknown option {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else f" (options: {', '.join(OPTION_KEYS)})")
+            )
         elif key in ("num_cpus", "num_gpus"):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 problems.append(f"{where}: ray: {key} must be a number >= 0, got {v!r}")
@@ -93,8 +96,11 @@ def options_for(step: int, operator: object, resources: dict | None) -> RayStepO
     name = type(operator).__name__
     for key in (name, step):
         if key in resources and resources[key] is not None:
-            base = base.merged(resources[key] if isinstance(resources[key], RayStepOptions)
-                               else parse_options(resources[key], f"step {step} {name}"))
+            base = base.merged(
+                resources[key]
+                if isinstance(resources[key], RayStepOptions)
+                else parse_options(resources[key], f"step {step} {name}")
+            )
     return base
 
 

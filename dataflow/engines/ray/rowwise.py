@@ -64,7 +64,7 @@ class BatchStorage:
     def keeps_rows(self) -> bool:
         return self._call.keeps_rows if self._call is not None else True
 
-    def step(self) -> "BatchStorage":
+    def step(self) -> BatchStorage:
         return self
 
     def read(self, output_type: str = "dataframe"):
@@ -128,9 +128,16 @@ class SliceStats:
     rejected_parts: list = field(default_factory=list)
 
     def as_row(self) -> dict:
-        return {"offset": self.offset, "rows_in": self.rows_in, "rows_out": self.rows_out,
-                "rows_rejected": self.rows_rejected, "reasons": json.dumps(self.reasons), "shard": self.shard,
-                "schema": self.schema, "rejected_parts": json.dumps(self.rejected_parts)}
+        return {
+            "offset": self.offset,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_rejected": self.rows_rejected,
+            "reasons": json.dumps(self.reasons),
+            "shard": self.shard,
+            "schema": self.schema,
+            "rejected_parts": json.dumps(self.rejected_parts),
+        }
 
 
 def serialize_schema(schema: pa.Schema) -> bytes:
@@ -141,8 +148,9 @@ def deserialize_schema(blob: bytes) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(blob))
 
 
-def write_outputs(sl_offset: int, rows_in: int, kept: pd.DataFrame, rejected: list[tuple[str, pd.DataFrame]],
-                  ctx: StepContext) -> SliceStats:
+def write_outputs(
+    sl_offset: int, rows_in: int, kept: pd.DataFrame, rejected: list[tuple[str, pd.DataFrame]], ctx: StepContext
+) -> SliceStats:
     """Write a slice's kept rows as a shard and each rejected frame as a part; report them."""
     stats = SliceStats(offset=sl_offset, rows_in=rows_in, rows_out=len(kept), rows_rejected=0)
     if len(kept):
@@ -163,7 +171,7 @@ def write_outputs(sl_offset: int, rows_in: int, kept: pd.DataFrame, rejected: li
     return stats
 
 
-def rowwise_slice(op: Any, item: dict, job: "SliceJob") -> pd.DataFrame:
+def rowwise_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
     sl = Slice.from_item(item)
     df = read_slice(sl)
     kept, rej = run_operator(op, df, job.keys, job.ctx)
@@ -216,4 +224,4 @@ def dumps(obj: Any) -> bytes:
 def loads(blob: bytes) -> Any:
     # Only ever a payload that `dumps` made earlier in the same run and handed between this run's own Ray
     # tasks in memory (Ray pickles every task argument anyway); nothing read from disk or from users.
-    return pickle.loads(blob)  # noqa: S301
+    return pickle.loads(blob)

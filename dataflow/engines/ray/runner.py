@@ -23,10 +23,11 @@ import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -34,8 +35,15 @@ import dataflow
 from dataflow.core.operator import call_info
 from dataflow.engines.ray import io as rio
 from dataflow.engines.ray.options import RayStepOptions, options_for, uses_actors
-from dataflow.engines.ray.rowwise import (SliceActor, SliceJob, StepContext, deserialize_schema, run_operator,
-                                          slice_task, write_outputs)
+from dataflow.engines.ray.rowwise import (
+    SliceActor,
+    SliceJob,
+    StepContext,
+    deserialize_schema,
+    run_operator,
+    slice_task,
+    write_outputs,
+)
 from dataflow.log import get_logger
 from dataflow.storage.file_storage import StorageError
 from dataflow.storage.formats import read_table, write_table
@@ -69,8 +77,9 @@ def require_ray():
 
         importlib.import_module("ray.data")  # Ray Data is a separate part of Ray: it must import too
     except ImportError as exc:
-        raise RayNotInstalledError("the Ray engine needs Ray Data: pip install 'dataflow[ray]' "
-                                   f"(import failed: {exc})") from None
+        raise RayNotInstalledError(
+            f"the Ray engine needs Ray Data: pip install 'dataflow[ray]' (import failed: {exc})"
+        ) from None
     return ray
 
 
@@ -78,8 +87,7 @@ def strategy_of(op: Any) -> str:
     """How an operator runs on Ray, from its declared ``execution``: ``rowwise`` | ``dedup`` | ``driver``."""
     execution = getattr(op, "execution", "table")
     if execution not in STRATEGIES:
-        raise EngineError(f"{type(op).__name__}.execution must be one of {', '.join(STRATEGIES)}, "
-                          f"got {execution!r}")
+        raise EngineError(f"{type(op).__name__}.execution must be one of {', '.join(STRATEGIES)}, got {execution!r}")
     return STRATEGIES[execution]
 
 
@@ -94,7 +102,7 @@ class StepInput:
 class StepRun:
     """One operator call being executed: its slices, options and the Ray Data passes over them."""
 
-    def __init__(self, engine: "RayEngine", call, src: StepInput, ctx: StepContext, options: RayStepOptions):
+    def __init__(self, engine: RayEngine, call, src: StepInput, ctx: StepContext, options: RayStepOptions):
         self.engine, self.call, self.src, self.ctx, self.options = engine, call, src, ctx, options
         self.op = call.operator
         self.keys = dict(call.keys)
@@ -137,8 +145,15 @@ class StepRun:
                 args["max_retries"] = o.max_retries
         return args
 
-    def map_slices(self, kind: str, extra: dict, *, payloads: list[bytes] | None = None,
-                   actors: bool | None = None, num_gpus: float | None = None):
+    def map_slices(
+        self,
+        kind: str,
+        extra: dict,
+        *,
+        payloads: list[bytes] | None = None,
+        actors: bool | None = None,
+        num_gpus: float | None = None,
+    ):
         """``map_batches`` of the operator over the slice descriptors (each with its payload, if any):
         tasks, or an actor pool when ``actors`` (default: the step's choice)."""
         ray = self.engine.ray
@@ -151,19 +166,32 @@ class StepRun:
         common = {"batch_size": 1, "batch_format": "pandas"}
         if actors:
             n = self.options.concurrency or self.engine.default_actors(self.options, len(items))
-            return _map_batches(ds, SliceActor, fn_constructor_kwargs={"job": job},
-                                compute=ray.data.ActorPoolStrategy(size=n), **common,
-                                **self._remote_args(True, num_gpus=num_gpus))
+            return _map_batches(
+                ds,
+                SliceActor,
+                fn_constructor_kwargs={"job": job},
+                compute=ray.data.ActorPoolStrategy(size=n),
+                **common,
+                **self._remote_args(True, num_gpus=num_gpus),
+            )
         conc = {"concurrency": self.options.concurrency} if self.options.concurrency else {}
-        return _map_batches(ds, slice_task, fn_kwargs={"job": job}, **conc, **common,
-                            **self._remote_args(False, num_gpus=num_gpus))
+        return _map_batches(
+            ds, slice_task, fn_kwargs={"job": job}, **conc, **common, **self._remote_args(False, num_gpus=num_gpus)
+        )
 
-    def map_items(self, items: list[dict], fn: Callable, fn_kwargs: dict, num_cpus: float = 1.0,
-                  num_gpus: float | None = None):
+    def map_items(
+        self, items: list[dict], fn: Callable, fn_kwargs: dict, num_cpus: float = 1.0, num_gpus: float | None = None
+    ):
         """``map_batches`` of a module-level function over arbitrary descriptor rows (one per task)."""
         ds = self.engine.ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        return _map_batches(ds, fn, fn_kwargs=fn_kwargs, batch_size=1, batch_format="pandas",
-                            **self._remote_args(False, num_cpus=num_cpus, num_gpus=num_gpus))
+        return _map_batches(
+            ds,
+            fn,
+            fn_kwargs=fn_kwargs,
+            batch_size=1,
+            batch_format="pandas",
+            **self._remote_args(False, num_cpus=num_cpus, num_gpus=num_gpus),
+        )
 
 
 def _map_batches(ds, fn, **kwargs):
@@ -216,8 +244,9 @@ class RayEngine:
             if kind == "folder":
                 df, malformed = list_image_folder(storage.first_entry_file_name, storage.image_key), []
             else:
-                df, malformed = read_table(storage.first_entry_file_name, kind,
-                                           skip_malformed=storage.skip_malformed_rows)
+                df, malformed = read_table(
+                    storage.first_entry_file_name, kind, skip_malformed=storage.skip_malformed_rows
+                )
             staged = rio.stage_input(df, Path(storage.cache_path).resolve(), f"{storage.file_name_prefix}_step0")
             self._staged_files.append(staged)
             src = StepInput([str(staged)], len(df), [str(c) for c in df.columns], list(malformed))
@@ -248,19 +277,39 @@ class RayEngine:
         try:
             (tmp / "_rejected").mkdir()
             work = rio.work_dir(tmp)
-            ctx = StepContext(name=name, out_dir=str(tmp), work_dir=str(work), image_base=storage.image_base,
-                              image_key=storage.image_key, call=info)
+            ctx = StepContext(
+                name=name,
+                out_dir=str(tmp),
+                work_dir=str(work),
+                image_base=storage.image_base,
+                image_key=storage.image_key,
+                call=info,
+            )
             strategy = strategy_of(op) if src.rows else "driver"
             run = StepRun(self, call, src, ctx, options)
-            logger.info("step %d %s: running on Ray (%s, %d rows in %d slice(s)%s)", out_step, name, strategy,
-                        src.rows, len(run.slices), ", actor pool" if run.actors and strategy != "driver" else "")
+            logger.info(
+                "step %d %s: running on Ray (%s, %d rows in %d slice(s)%s)",
+                out_step,
+                name,
+                strategy,
+                src.rows,
+                len(run.slices),
+                ", actor pool" if run.actors and strategy != "driver" else "",
+            )
             stats = self._execute(strategy, run)
             manifest = self._finish(call, info, src, stats, tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info("step %d %s: done on Ray in %.2fs (%d in, %d out, %d rejected)", out_step, name,
-                    manifest["seconds"], manifest["rows_in"], manifest["rows_out"], manifest["rows_rejected"])
+        logger.info(
+            "step %d %s: done on Ray in %.2fs (%d in, %d out, %d rejected)",
+            out_step,
+            name,
+            manifest["seconds"],
+            manifest["rows_in"],
+            manifest["rows_out"],
+            manifest["rows_rejected"],
+        )
         return manifest
 
     def _execute(self, strategy: str, run: StepRun) -> pd.DataFrame:
@@ -276,9 +325,13 @@ class RayEngine:
         """An operator declaring ``execution = "table"`` runs on the driver over the whole step, as the
         local engine would; its output is still a sharded step."""
         if run.rows:
-            warnings.warn(f"{run.name} declares execution = \"table\": it runs on the driver over the whole "
-                          "step (set execution = \"rowwise\" on the operator class if each row is decided on "
-                          "its own)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f'{run.name} declares execution = "table": it runs on the driver over the whole '
+                'step (set execution = "rowwise" on the operator class if each row is decided on '
+                "its own)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         frames = [read_table(f, "parquet")[0] for f in run.src.files]
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         kept, rej = run_operator(run.op, df, run.keys, run.ctx)
@@ -323,11 +376,21 @@ class RayEngine:
         shutil.rmtree(tmp / rio.WORK_DIR, ignore_errors=True)
         rio.swap_into_place(tmp, target)
         manifest = step_manifest(
-            info, step=out_step, rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected,
-            rejected_reasons=dict(reasons.most_common()), input_fingerprint=storage.step_fingerprint(call.step) or "",
-            columns=list(unified.names), columns_in=src.columns, file=target.name,
-            rejected_file=rejected_path.name if rows_rejected else None, cache_type="parquet",
-            first_entry_file_name=storage.first_entry_file_name, image_base=storage.image_base)
+            info,
+            step=out_step,
+            rows_in=rows_in,
+            rows_out=rows_out,
+            rows_rejected=rows_rejected,
+            rejected_reasons=dict(reasons.most_common()),
+            input_fingerprint=storage.step_fingerprint(call.step) or "",
+            columns=list(unified.names),
+            columns_in=src.columns,
+            file=target.name,
+            rejected_file=rejected_path.name if rows_rejected else None,
+            cache_type="parquet",
+            first_entry_file_name=storage.first_entry_file_name,
+            image_base=storage.image_base,
+        )
         write_manifest(storage.manifest_path(out_step), manifest)
         return manifest
 
@@ -366,8 +429,10 @@ def _force_parquet(pipeline, calls) -> None:
     storages.update({id(c.storage): c.storage for c in calls})
     odd = sorted({s.cache_type for s in storages.values() if s.cache_type != "parquet"})
     if odd:
-        logger.warning("the Ray engine writes every step as Parquet shards; cache_type %s is used as "
-                       "'parquet' for this run", "/".join(map(repr, odd)))
+        logger.warning(
+            "the Ray engine writes every step as Parquet shards; cache_type %s is used as 'parquet' for this run",
+            "/".join(map(repr, odd)),
+        )
     for s in storages.values():
         s.cache_type = "parquet"
 
@@ -379,10 +444,8 @@ def _ship_user_modules(calls, ray) -> None:
     for call in calls:
         module = type(call.operator).__module__
         if not module.startswith("dataflow.") and module != "__main__" and module in sys.modules:
-            try:
+            with suppress(ValueError):
                 cloudpickle.register_pickle_by_value(sys.modules[module])
-            except ValueError:
-                pass
 
 
 @contextmanager
@@ -420,9 +483,16 @@ def _connect(ray, address: str | None, init_kwargs: dict | None) -> bool:
     return True
 
 
-def run_pipeline(pipeline, address: str | None = None, *, resume: str | None = "auto",
-                 resume_step: int | None = None, resources: dict | None = None,
-                 ray_init: dict | None = None, shutdown: bool | None = None) -> list[dict]:
+def run_pipeline(
+    pipeline,
+    address: str | None = None,
+    *,
+    resume: str | None = "auto",
+    resume_step: int | None = None,
+    resources: dict | None = None,
+    ray_init: dict | None = None,
+    shutdown: bool | None = None,
+) -> list[dict]:
     """Run a ``PipelineABC`` pipeline's calls on Ray Data; returns one entry per call.
 
     ``address``: None starts a local Ray (or uses the one already initialised in this process); an
@@ -467,13 +537,15 @@ def run_pipeline(pipeline, address: str | None = None, *, resume: str | None = "
         stack.enter_context(_data_context(ray))
         for call in calls[skip:]:
             manifest = engine.run_call(call)
-            results.append({"step": call.step + 1, "operator": type(call.operator).__name__, "status": "ran",
-                            "manifest": manifest})
+            results.append(
+                {"step": call.step + 1, "operator": type(call.operator).__name__, "status": "ran", "manifest": manifest}
+            )
     return results
 
 
-def run_config_pipeline(pipeline, config_path, *, address: str | None = None, resume_step: int | None = None,
-                        resume: str | None = "auto") -> list[dict]:
+def run_config_pipeline(
+    pipeline, config_path, *, address: str | None = None, resume_step: int | None = None, resume: str | None = "auto"
+) -> list[dict]:
     """``dataflow run CONFIG --engine ray``: the config's pipeline with each step's ``ray:`` options."""
     from dataflow.core.config import load_config
     from dataflow.engines.ray.options import check_options

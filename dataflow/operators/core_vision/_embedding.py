@@ -24,8 +24,9 @@ def model_pixels(source, base_dir: str, side: int, max_pixels: int | None) -> np
     short = min(img.size)
     if short > side:
         scale = side / short
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC
+        )
     return np.asarray(img)
 
 
@@ -52,21 +53,45 @@ class EmbedderCache:
         return embedder
 
 
-def embed_images(embedder, sources: list, base_dir: str, *, batch_size: int, num_workers: int | None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, desc: str = "embed") -> list[ItemResult]:
+def embed_images(
+    embedder,
+    sources: list,
+    base_dir: str,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    desc: str = "embed",
+) -> list[ItemResult]:
     """One L2-normalised embedding per row (``ItemResult.value``), or the reason the image was unreadable."""
     out: list[ItemResult] = []
     window = max(batch_size * 4, 64)
-    for _, results in stream_items(model_pixels, sources, window=window, num_workers=num_workers, desc=desc,
-                                   base_dir=base_dir, side=MODEL_SIDE, max_pixels=max_pixels):
+    for _, results in stream_items(
+        model_pixels,
+        sources,
+        window=window,
+        num_workers=num_workers,
+        desc=desc,
+        base_dir=base_dir,
+        side=MODEL_SIDE,
+        max_pixels=max_pixels,
+    ):
         images = [Image.fromarray(r.value) for r in results if r.error is None]
         vectors = iter(embedder.encode_images(images) if images else [])
         out.extend(ItemResult(next(vectors)) if r.error is None else r for r in results)
     return out
 
 
-def row_vectors(models: "EmbedderCache", base_dir: str, df, *, image_key: str, embedding_key: str | None, operator: str,
-                num_workers: int | None) -> list[ItemResult]:
+def row_vectors(
+    models: EmbedderCache,
+    base_dir: str,
+    df,
+    *,
+    image_key: str,
+    embedding_key: str | None,
+    operator: str,
+    num_workers: int | None,
+) -> list[ItemResult]:
     """Per-row vectors: an existing embedding column when ``embedding_key`` is given, else the model's."""
     from dataflow.core.images import image_column
     from dataflow.operators.core_vision._vectors import vectors_from_column
@@ -74,8 +99,7 @@ def row_vectors(models: "EmbedderCache", base_dir: str, df, *, image_key: str, e
     if embedding_key:
         return vectors_from_column(df, embedding_key, operator)[1]
     sources = image_column(df, image_key, operator)
-    return embed_images(models.get(), sources, base_dir, batch_size=models.batch_size,
-                        num_workers=num_workers)
+    return embed_images(models.get(), sources, base_dir, batch_size=models.batch_size, num_workers=num_workers)
 
 
 def stack(results: list[ItemResult], dim: int) -> np.ndarray:

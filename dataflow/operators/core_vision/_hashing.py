@@ -9,22 +9,40 @@ from dataflow.core.parallel import ItemResult, map_items
 from dataflow.media import DEFAULT_MAX_PIXELS, load_image
 
 
-def hash_thumbnail(source, base_dir: str, method: str, hash_size: int, draft: bool,
-                   max_pixels: int | None) -> np.ndarray:
+def hash_thumbnail(
+    source, base_dir: str, method: str, hash_size: int, draft: bool, max_pixels: int | None
+) -> np.ndarray:
     """Decode (reduced-size for JPEG when ``draft``) and return the small grayscale array the hash reads."""
-    img = load_image(source, base_dir, draft_size=draft_size(method, hash_size) if draft else None,
-                     max_pixels=max_pixels)
+    img = load_image(
+        source, base_dir, draft_size=draft_size(method, hash_size) if draft else None, max_pixels=max_pixels
+    )
     return to_hash_input(img, method, hash_size)
 
 
-def compute_hashes(sources: list, base_dir: str, *, method: str, hash_size: int = 8, draft: bool = True,
-                   num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                   ) -> tuple[np.ndarray, list[ItemResult]]:
+def compute_hashes(
+    sources: list,
+    base_dir: str,
+    *,
+    method: str,
+    hash_size: int = 8,
+    draft: bool = True,
+    num_workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, list[ItemResult]]:
     """uint64 hash per row (0 where unreadable) and the per-row results carrying error reasons."""
     if method not in HASH_METHODS:
         raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
-    results = map_items(hash_thumbnail, sources, num_workers=num_workers, desc=method, base_dir=base_dir,
-                        method=method, hash_size=hash_size, draft=draft, max_pixels=max_pixels)
+    results = map_items(
+        hash_thumbnail,
+        sources,
+        num_workers=num_workers,
+        desc=method,
+        base_dir=base_dir,
+        method=method,
+        hash_size=hash_size,
+        draft=draft,
+        max_pixels=max_pixels,
+    )
     hashes = np.zeros(len(sources), dtype=np.uint64)
     by_shape: dict[tuple, list[int]] = {}
     for i, r in enumerate(results):

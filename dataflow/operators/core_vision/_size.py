@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dataflow.core.images import image_column
 from dataflow.core.parallel import map_items
 from dataflow.media import image_info
 from dataflow.media.loader import is_null
-from dataflow.core.images import image_column
 
 ERROR_COLUMN = "image_error"
 
@@ -35,8 +35,10 @@ def pick_column(df: pd.DataFrame, key: str | None, default: str, operator: str, 
     """The column to reuse: ``key`` when given (it must exist), else ``default`` when the frame has it."""
     if key is not None:
         if key not in df.columns:
-            raise KeyError(f"{operator}: {param}={key!r} is not a column "
-                           f"(columns: {', '.join(map(str, df.columns))}); leave it None to read image headers")
+            raise KeyError(
+                f"{operator}: {param}={key!r} is not a column "
+                f"(columns: {', '.join(map(str, df.columns))}); leave it None to read image headers"
+            )
         return key
     return default if default in df.columns else None
 
@@ -47,8 +49,16 @@ def header_size(source, base_dir: str, max_pixels: int | None) -> tuple[int, int
     return info["width"], info["height"]
 
 
-def row_facts(df: pd.DataFrame, columns: dict[str, str | None], *, input_image_key: str, base_dir: str,
-              num_workers: int | None, max_pixels: int | None, operator: str) -> RowFacts:
+def row_facts(
+    df: pd.DataFrame,
+    columns: dict[str, str | None],
+    *,
+    input_image_key: str,
+    base_dir: str,
+    num_workers: int | None,
+    max_pixels: int | None,
+    operator: str,
+) -> RowFacts:
     """Values of ``columns`` (``{"width": col, "height": col}`` or ``{"aspect_ratio": col}``) per row.
 
     When every named column exists, rows with all values present are taken as they are. Rows with a null
@@ -78,8 +88,14 @@ def row_facts(df: pd.DataFrame, columns: dict[str, str | None], *, input_image_k
         to_read = np.arange(n)
     if len(to_read):
         sources = image_column(df, input_image_key, operator)
-        results = map_items(header_size, [sources[i] for i in to_read], num_workers=num_workers,
-                            desc="image headers", base_dir=base_dir, max_pixels=max_pixels)
+        results = map_items(
+            header_size,
+            [sources[i] for i in to_read],
+            num_workers=num_workers,
+            desc="image headers",
+            base_dir=base_dir,
+            max_pixels=max_pixels,
+        )
         width = np.full(n, np.nan)
         height = np.full(n, np.nan)
         for i, r in zip(to_read, results):

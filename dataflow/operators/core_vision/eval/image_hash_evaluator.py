@@ -36,17 +36,28 @@ class ImageHashEvaluator(ImageEvaluator):
         output_hash_key: column the hash is written to; None = the method name (`phash`, ...)
     """
 
-    description = ("Perceptual hash per image (ahash, dhash, phash, whash) as a hex string column; "
-                   "bit-exact with imagehash.")
+    description = (
+        "Perceptual hash per image (ahash, dhash, phash, whash) as a hex string column; bit-exact with imagehash."
+    )
     description_zh = "为每张图像计算感知哈希（ahash/dhash/phash/whash），写成 16 位十六进制字符串列。"
 
-    example = Example.on_example_data("ImageHashEvaluator", """
+    example = Example.on_example_data(
+        "ImageHashEvaluator",
+        """
         op = ImageHashEvaluator(method="phash")
         op.run(storage.step(), input_image_key="image")
-        """, rows=["images/scene_01.jpg", "images/scene_01_small.jpg", "images/scene_01_q30.jpg"])
+        """,
+        rows=["images/scene_01.jpg", "images/scene_01_small.jpg", "images/scene_01_q30.jpg"],
+    )
 
-    def __init__(self, method: str = "phash", hash_size: int = 8, draft: bool = True,
-                 num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        method: str = "phash",
+        hash_size: int = 8,
+        draft: bool = True,
+        num_workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         if method not in HASH_METHODS:
             raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
         self.method = method
@@ -68,8 +79,15 @@ class ImageHashEvaluator(ImageEvaluator):
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         """All thumbnails decoded in workers, then hashed in one numpy batch."""
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
-        hashes, results = compute_hashes(sources, base_dir, method=self.method, hash_size=self.hash_size,
-                                         draft=self.draft, num_workers=self.num_workers, max_pixels=self.max_pixels)
+        hashes, results = compute_hashes(
+            sources,
+            base_dir,
+            method=self.method,
+            hash_size=self.hash_size,
+            draft=self.draft,
+            num_workers=self.num_workers,
+            max_pixels=self.max_pixels,
+        )
         hexes = hash_to_hex(hashes, self.hash_size)
         return [ItemResult({self.method: h}) if r.error is None else r for h, r in zip(hexes, results)]
 

@@ -25,8 +25,12 @@ def histogram_of(source, base_dir: str | None, bins: int, max_pixels: int | None
     data, label = read_source_bytes(source, base_dir)
     encoded = {"bytes": data, "path": label}
     info = image_info(encoded, max_pixels=max_pixels)  # the size for the draft, and the end-marker check
-    img = load_image(encoded, draft_size=draft_size_for(info["width"], info["height"], ANALYSIS_SIDE),
-                     max_pixels=max_pixels, check_truncation=False)
+    img = load_image(
+        encoded,
+        draft_size=draft_size_for(info["width"], info["height"], ANALYSIS_SIDE),
+        max_pixels=max_pixels,
+        check_truncation=False,
+    )
     if max(img.size) > ANALYSIS_SIDE:  # shares barely depend on size; a bounded size bounds the cost
         img = analysis_image(img)
     return color_histogram(img, bins)
@@ -52,20 +56,25 @@ class ImageHistogramEvaluator(ImageEvaluator):
         output_histogram_key: column the histogram is written to
     """
 
-    description = "Joint RGB colour histogram per image as a unit-norm float32 vector of bins^3 values, for dedup search."
+    description = (
+        "Joint RGB colour histogram per image as a unit-norm float32 vector of bins^3 values, for dedup search."
+    )
     description_zh = "计算每张图像的 RGB 联合颜色直方图（bins^3 维、单位长度的 float32 向量），供直方图/向量去重使用。"
     columns = ("color_histogram",)
     object_columns = frozenset(columns)
     renames = {"color_histogram": "output_histogram_key"}
     progress_desc = "colour histogram"
 
-    example = Example.on_example_data("ImageHistogramEvaluator", """
+    example = Example.on_example_data(
+        "ImageHistogramEvaluator",
+        """
         op = ImageHistogramEvaluator(bins=8)
         op.run(storage.step(), input_image_key="image")
-        """, rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"])
+        """,
+        rows=["images/scene_02.jpg", "images/scene_02_flip.jpg", "images/missing.jpg"],
+    )
 
-    def __init__(self, bins: int = 8, num_workers: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(self, bins: int = 8, num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         check_bins(bins)
         self.bins = bins
         self.num_workers = num_workers
@@ -74,6 +83,5 @@ class ImageHistogramEvaluator(ImageEvaluator):
     def score(self, source, base_dir: str | None) -> dict:
         return {"color_histogram": histogram_of(source, base_dir, self.bins, self.max_pixels)}
 
-    def run(self, storage, input_image_key: str = "image",
-            output_histogram_key: str = "color_histogram") -> list[str]:
+    def run(self, storage, input_image_key: str = "image", output_histogram_key: str = "color_histogram") -> list[str]:
         return self.evaluate(storage, input_image_key=input_image_key, output_histogram_key=output_histogram_key)

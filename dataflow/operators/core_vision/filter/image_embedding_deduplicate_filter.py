@@ -43,17 +43,21 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
     score_key = "output_score_key"
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
-    example = Example.on_example_data("ImageEmbeddingDeduplicateFilter, ImageHistogramEvaluator", """
+    example = Example.on_example_data(
+        "ImageEmbeddingDeduplicateFilter, ImageHistogramEvaluator",
+        """
         ImageHistogramEvaluator(bins=8).run(storage.step(), input_image_key="image",
                                             output_histogram_key="color_histogram")
         op = ImageEmbeddingDeduplicateFilter(threshold=0.98, keep="first")
         op.run(storage.step(), input_embedding_key="color_histogram", input_image_key="image")
-        """, show=["image", "max_similarity", "dup_group", "dup_group_size"],
+        """,
+        show=["image", "max_similarity", "dup_group", "dup_group_size"],
         rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
         rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"],
         note="Any vector column works: here colour histograms; CLIP or EfficientNet embeddings from "
-             "`ImageEmbeddingEvaluator` the same way.")
+        "`ImageEmbeddingEvaluator` the same way.",
+    )
 
     def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "first"):
         if not -1.0 <= threshold <= 1.0:
@@ -69,7 +73,18 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
         key = keys.get("input_image_key") or "image"
         return key if key in columns else None
 
-    def run(self, storage, input_embedding_key: str = "embedding", output_score_key: str = "max_similarity",
-            input_image_key: str | None = None, output_group_key: str = "dup_group") -> list[str]:
-        return self.deduplicate(storage, input_embedding_key=input_embedding_key, output_score_key=output_score_key,
-                                input_image_key=input_image_key, output_group_key=output_group_key)
+    def run(
+        self,
+        storage,
+        input_embedding_key: str = "embedding",
+        output_score_key: str = "max_similarity",
+        input_image_key: str | None = None,
+        output_group_key: str = "dup_group",
+    ) -> list[str]:
+        return self.deduplicate(
+            storage,
+            input_embedding_key=input_embedding_key,
+            output_score_key=output_score_key,
+            input_image_key=input_image_key,
+            output_group_key=output_group_key,
+        )

@@ -44,19 +44,25 @@ class ImageExactDeduplicateFilter(DedupFilter):
         output_hash_key: if given, kept rows get their xxh3-128 content hash in this column
     """
 
-    description = "Drops exact duplicate images (hash of file bytes or decoded pixels), keeping the first of each group."
+    description = (
+        "Drops exact duplicate images (hash of file bytes or decoded pixels), keeping the first of each group."
+    )
     description_zh = "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张。"
     search = "exact"
     reason = "exact_duplicate"
     group_key = None
 
-    example = Example.on_example_data("ImageExactDeduplicateFilter", """
+    example = Example.on_example_data(
+        "ImageExactDeduplicateFilter",
+        """
         op = ImageExactDeduplicateFilter(on="bytes")
         op.run(storage.step(), input_image_key="image")
-        """, show=["image", "caption"], rejected_show=["image", "reason", "duplicate_of", "detail"])
+        """,
+        show=["image", "caption"],
+        rejected_show=["image", "reason", "duplicate_of", "detail"],
+    )
 
-    def __init__(self, on: str = "bytes", num_workers: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(self, on: str = "bytes", num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if on not in ("bytes", "pixels"):
             raise ValueError(f"on must be 'bytes' or 'pixels', got {on!r}")
         self.on = on
@@ -65,8 +71,15 @@ class ImageExactDeduplicateFilter(DedupFilter):
 
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
-        return map_items(content_hash, sources, num_workers=self.num_workers, desc=f"hash {self.on}",
-                         base_dir=base_dir, on=self.on, max_pixels=self.max_pixels)
+        return map_items(
+            content_hash,
+            sources,
+            num_workers=self.num_workers,
+            desc=f"hash {self.on}",
+            base_dir=base_dir,
+            on=self.on,
+            max_pixels=self.max_pixels,
+        )
 
     def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         kept, dups = super().split(good, decided, keys)

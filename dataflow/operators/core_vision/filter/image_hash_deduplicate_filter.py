@@ -53,16 +53,28 @@ class ImageHashDeduplicateFilter(DedupFilter):
     weight_name = "distance"
     cli_command = "dedup"
 
-    example = Example.on_example_data("ImageHashDeduplicateFilter", """
+    example = Example.on_example_data(
+        "ImageHashDeduplicateFilter",
+        """
         op = ImageHashDeduplicateFilter(method="phash", max_distance=10, keep="first")
         op.run(storage.step(), input_image_key="image", output_group_key="dup_group")
-        """, rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/scene_02.jpg"],
+        """,
+        rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/scene_02.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "distance", "detail"],
-        rejected_rows=["images/scene_01_q30.jpg", "images/scene_02_crop.jpg", "images/missing.jpg"])
+        rejected_rows=["images/scene_01_q30.jpg", "images/scene_02_crop.jpg", "images/missing.jpg"],
+    )
 
-    def __init__(self, method: str = "phash", max_distance: int = 10, transitive: bool = True,
-                 keep: str = "first", hash_size: int = 8, draft: bool = True, num_workers: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        method: str = "phash",
+        max_distance: int = 10,
+        transitive: bool = True,
+        keep: str = "first",
+        hash_size: int = 8,
+        draft: bool = True,
+        num_workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         if method not in HASH_METHODS:
             raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
         if not 0 <= int(max_distance) <= hash_size * hash_size:
@@ -81,14 +93,27 @@ class ImageHashDeduplicateFilter(DedupFilter):
         if keys.get("input_hash_key"):
             return hashes_from_column(df, keys["input_hash_key"], type(self).__name__)
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
-        hashes, results = compute_hashes(sources, base_dir, method=self.method, hash_size=self.hash_size,
-                                         draft=self.draft, num_workers=self.num_workers, max_pixels=self.max_pixels)
+        hashes, results = compute_hashes(
+            sources,
+            base_dir,
+            method=self.method,
+            hash_size=self.hash_size,
+            draft=self.draft,
+            num_workers=self.num_workers,
+            max_pixels=self.max_pixels,
+        )
         return [ItemResult(h) if r.error is None else r for h, r in zip(hashes, results)]
 
-    def run(self, storage, input_image_key: str = "image", input_hash_key: str | None = None,
-            output_group_key: str = "dup_group") -> list[str]:
-        return self.deduplicate(storage, input_image_key=input_image_key, input_hash_key=input_hash_key,
-                                output_group_key=output_group_key)
+    def run(
+        self,
+        storage,
+        input_image_key: str = "image",
+        input_hash_key: str | None = None,
+        output_group_key: str = "dup_group",
+    ) -> list[str]:
+        return self.deduplicate(
+            storage, input_image_key=input_image_key, input_hash_key=input_hash_key, output_group_key=output_group_key
+        )
 
 
 def hashes_from_column(df: pd.DataFrame, key: str, operator: str) -> list[ItemResult]:
@@ -99,6 +124,7 @@ def hashes_from_column(df: pd.DataFrame, key: str, operator: str) -> list[ItemRe
     values = df[key].tolist()
     present = [isinstance(v, str) and bool(v) for v in values]
     hashes = hex_to_hash([v if ok else "0" * 16 for v, ok in zip(values, present)])
-    return [ItemResult(h) if ok else ItemResult(None, e if isinstance(e, str) and e else "missing_hash",
-                                                f"no {key} value")
-            for h, ok, e in zip(hashes, present, errors)]
+    return [
+        ItemResult(h) if ok else ItemResult(None, e if isinstance(e, str) and e else "missing_hash", f"no {key} value")
+        for h, ok, e in zip(hashes, present, errors)
+    ]

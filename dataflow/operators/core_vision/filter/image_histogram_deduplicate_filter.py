@@ -46,23 +46,35 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
             `<key>_size`; None = no group columns
     """
 
-    description = ("Drops near duplicates by colour-histogram similarity (blockwise search); "
-                   "catches flips and crops hashes miss.")
+    description = (
+        "Drops near duplicates by colour-histogram similarity (blockwise search); catches flips and crops hashes miss."
+    )
     description_zh = "按颜色直方图相似度（分块搜索，无 N×N 矩阵）去除近似重复图像，可发现镜像、裁剪等哈希漏掉的重复。"
     search = "cosine"
     weight_name = "similarity"
     score_key = "output_score_key"
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
-    example = Example.on_example_data("ImageHistogramDeduplicateFilter", """
+    example = Example.on_example_data(
+        "ImageHistogramDeduplicateFilter",
+        """
         op = ImageHistogramDeduplicateFilter(threshold=0.98, bins=8)
         op.run(storage.step(), input_image_key="image", output_score_key="max_similarity")
-        """, rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
+        """,
+        rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
-        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"])
+        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"],
+    )
 
-    def __init__(self, threshold: float = 0.98, bins: int = 8, transitive: bool = True, keep: str = "first",
-                 num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        threshold: float = 0.98,
+        bins: int = 8,
+        transitive: bool = True,
+        keep: str = "first",
+        num_workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
@@ -76,10 +88,28 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
         if keys.get("input_histogram_key"):
             return vectors_from_column(df, keys["input_histogram_key"], type(self).__name__)[1]
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
-        return map_items(histogram_of, sources, num_workers=self.num_workers, desc="colour histogram",
-                         base_dir=base_dir, bins=self.bins, max_pixels=self.max_pixels)
+        return map_items(
+            histogram_of,
+            sources,
+            num_workers=self.num_workers,
+            desc="colour histogram",
+            base_dir=base_dir,
+            bins=self.bins,
+            max_pixels=self.max_pixels,
+        )
 
-    def run(self, storage, input_image_key: str = "image", input_histogram_key: str | None = None,
-            output_score_key: str = "max_similarity", output_group_key: str = "dup_group") -> list[str]:
-        return self.deduplicate(storage, input_image_key=input_image_key, input_histogram_key=input_histogram_key,
-                                output_score_key=output_score_key, output_group_key=output_group_key)
+    def run(
+        self,
+        storage,
+        input_image_key: str = "image",
+        input_histogram_key: str | None = None,
+        output_score_key: str = "max_similarity",
+        output_group_key: str = "dup_group",
+    ) -> list[str]:
+        return self.deduplicate(
+            storage,
+            input_image_key=input_image_key,
+            input_histogram_key=input_histogram_key,
+            output_score_key=output_score_key,
+            output_group_key=output_group_key,
+        )

@@ -43,7 +43,8 @@ class ImageTextSimilarityFilter(RowFilter):
     loads_model = True
     thresholds = (Threshold("min_score", "output_score_key", "min", default="clip_score"),)
 
-    example = Example("""
+    example = Example(
+        """
         from dataflow.operators.core_vision import ImageTextSimilarityFilter
         from dataflow.utils.storage import FileStorage
 
@@ -57,19 +58,28 @@ class ImageTextSimilarityFilter(RowFilter):
 
         op = ImageTextSimilarityFilter(min_score=0.28)
         op.run(storage.step(), input_image_key="image", input_text_key="caption", output_score_key="clip_score")
-        """, show=["image", "caption", "clip_score"], rejected_show=["image", "reason", "clip_score"],
+        """,
+        show=["image", "caption", "clip_score"],
+        rejected_show=["image", "reason", "clip_score"],
         note="The filter reuses an existing `clip_score` column and then loads no model; the example makes "
-             "one by hand (a manual `read` / `write` step, DataFlow style).",
+        "one by hand (a manual `read` / `write` step, DataFlow style).",
         real_use="""
         from dataflow.operators.core_vision import ImageTextSimilarityFilter
         # no clip_score column yet: the filter computes it with a local CLIP model
         op = ImageTextSimilarityFilter(min_score=0.28, model_name="openai/clip-vit-base-patch32", device="cuda")
         op.run(storage.step(), input_image_key="image", input_text_key="caption", output_score_key="clip_score")
-        """)
+        """,
+    )
 
-    def __init__(self, min_score: float = 0.28, model_name: str = "openai/clip-vit-base-patch32",
-                 batch_size: int = 32, device: str | None = None, reduce: str = "mean",
-                 num_workers: int | None = None):
+    def __init__(
+        self,
+        min_score: float = 0.28,
+        model_name: str = "openai/clip-vit-base-patch32",
+        batch_size: int = 32,
+        device: str | None = None,
+        reduce: str = "mean",
+        num_workers: int | None = None,
+    ):
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.min_score = min_score
@@ -80,15 +90,23 @@ class ImageTextSimilarityFilter(RowFilter):
         self.num_workers = num_workers
         self.models = EmbedderCache(model_name, device, batch_size)
 
-    def judge(self, df: pd.DataFrame, base_dir: str, input_image_key: str, input_text_key: str,
-              output_score_key: str) -> Verdict:
+    def judge(
+        self, df: pd.DataFrame, base_dir: str, input_image_key: str, input_text_key: str, output_score_key: str
+    ) -> Verdict:
         if output_score_key in df.columns:
             scores = pd.to_numeric(df[output_score_key], errors="coerce").to_numpy(float)
             errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
         else:
-            values, results = clip_scores(self.models.clip(), base_dir, df, input_image_key, input_text_key,
-                                          reduce=self.reduce, batch_size=self.batch_size,
-                                          num_workers=self.num_workers)
+            values, results = clip_scores(
+                self.models.clip(),
+                base_dir,
+                df,
+                input_image_key,
+                input_text_key,
+                reduce=self.reduce,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+            )
             scores = np.array([np.nan if v is None else v for v in values], dtype=float)
             errors = [r.error for r in results]
             df[output_score_key] = scores
@@ -101,7 +119,13 @@ class ImageTextSimilarityFilter(RowFilter):
     def output_columns(self, keys: dict) -> list[str]:
         return [keys.get("output_score_key") or "clip_score"]
 
-    def run(self, storage, input_image_key: str = "image", input_text_key: str = "caption",
-            output_score_key: str = "clip_score") -> list[str]:
-        return self.filter(storage, input_image_key=input_image_key, input_text_key=input_text_key,
-                           output_score_key=output_score_key)
+    def run(
+        self,
+        storage,
+        input_image_key: str = "image",
+        input_text_key: str = "caption",
+        output_score_key: str = "clip_score",
+    ) -> list[str]:
+        return self.filter(
+            storage, input_image_key=input_image_key, input_text_key=input_text_key, output_score_key=output_score_key
+        )

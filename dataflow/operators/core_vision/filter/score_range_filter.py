@@ -25,16 +25,23 @@ class ScoreRangeFilter(RowFilter):
         input_score_key: numeric column to filter on
     """
 
-    description = ("Keeps rows whose numeric score column lies in [min_score, max_score]; missing scores dropped "
-                   "unless keep_missing.")
+    description = (
+        "Keeps rows whose numeric score column lies in [min_score, max_score]; missing scores dropped "
+        "unless keep_missing."
+    )
     description_zh = "按任意数值列的取值范围过滤行（含边界），缺失值默认剔除。"
     thresholds = (Threshold("min_score", "input_score_key", "min"), Threshold("max_score", "input_score_key", "max"))
 
-    example = Example.on_example_data("ImageMetadataEvaluator, ScoreRangeFilter", """
+    example = Example.on_example_data(
+        "ImageMetadataEvaluator, ScoreRangeFilter",
+        """
         ImageMetadataEvaluator().run(storage.step(), input_image_key="image")
         op = ScoreRangeFilter(min_score=64, max_score=None)
         op.run(storage.step(), input_score_key="width")
-        """, show=["image", "width"], rejected_show=["image", "reason", "score_key", "width"])
+        """,
+        show=["image", "width"],
+        rejected_show=["image", "reason", "score_key", "width"],
+    )
 
     def __init__(self, min_score: float | None = None, max_score: float | None = None, keep_missing: bool = False):
         if min_score is not None and max_score is not None and min_score > max_score:
@@ -45,11 +52,20 @@ class ScoreRangeFilter(RowFilter):
 
     def judge(self, df: pd.DataFrame, base_dir: str, input_score_key: str) -> Verdict:
         if input_score_key not in df.columns:
-            raise KeyError(f"ScoreRangeFilter: input_score_key={input_score_key!r} is not a column "
-                           f"(columns: {', '.join(map(str, df.columns))})")
+            raise KeyError(
+                f"ScoreRangeFilter: input_score_key={input_score_key!r} is not a column "
+                f"(columns: {', '.join(map(str, df.columns))})"
+            )
         scores = pd.to_numeric(df[input_score_key], errors="coerce").to_numpy(dtype=float)
-        verdict = bounds_verdict(scores, self.min_score, self.max_score, below="below_min", above="above_max",
-                                 missing=None if self.keep_missing else "missing_score", name=input_score_key)
+        verdict = bounds_verdict(
+            scores,
+            self.min_score,
+            self.max_score,
+            below="below_min",
+            above="above_max",
+            missing=None if self.keep_missing else "missing_score",
+            name=input_score_key,
+        )
         verdict.columns["score_key"] = input_score_key
         return verdict
 
