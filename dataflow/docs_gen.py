@@ -14,34 +14,45 @@ its ``{{placeholders}}`` filled from the code and the outputs of the other files
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import functools
 import importlib
 import inspect
 import json
-import math
 import os
 import pkgutil
 import re
-import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataflow.core.docs import EXAMPLE_CACHE, EXAMPLE_PREFIX, Example
+from dataflow.core.docs import EXAMPLE_CACHE, Example
+from dataflow.docs_examples import (
+    IMAGE_REASONS,
+    REPO_ROOT,
+    TIME,
+    ExampleRun,
+    example_folder,
+    execute_example,
+    mask_seconds,
+    md,
+    pick_rejected,
+    pick_rows,
+    rows_table,
+    run_block,
+    run_cli,
+    scrubber,
+    steps_table,
+    value_kind,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS_DIR = REPO_ROOT / "docs"
 TEMPLATES = DOCS_DIR / "_templates"
-EXAMPLE_DATA = REPO_ROOT / "example_data"
 REGENERATE = "python -m dataflow.docs_gen"
-TIME = "x.xx"  # stands in for the seconds column of step tables
 CATEGORY_ORDER = ("eval", "filter", "generate", "refine", "other")
 STORAGE_MEANING = "the `FileStorage` positioned at this step: pass `storage.step()`"
 EXECUTION = {
@@ -52,15 +63,6 @@ EXECUTION = {
     "keys; groups and survivors (Ray: keys in parallel tasks, then a distributed search)",
 }
 SIDES = {"min": "keeps values >= it", "max": "keeps values <= it", "dup": "a similarity at or above it is a duplicate"}
-IMAGE_REASONS = {
-    "missing": "the file does not exist (or the cell is empty)",
-    "empty": "a zero-byte file",
-    "truncated": "the file ends early (e.g. an interrupted download)",
-    "not_an_image": "not a recognised image format",
-    "too_large": "more pixels than `max_pixels` (decompression-bomb guard)",
-    "unsupported": "an image Pillow cannot decode (format, mode or value type)",
-    "error": "any other read failure; `detail` says which",
-}
 
 
 # ------------------------------------------------------------------------------------------ the class
@@ -151,17 +153,13 @@ def _own_doc(fn) -> str:
     return inspect.cleandoc(fn.__doc__) if getattr(fn, "__doc__", None) else ""
 
 
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _param_table(params: list[inspect.Parameter], documented: dict[str, str], what: str) -> str:
     rows = [f"| {what} | type | default | meaning |", "|---|---|---|---|"]
     for p in (p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
-        ann = f"`{_md(_annotation(p.annotation))}`" if _annotation(p.annotation) else ""
-        default = "required" if p.default is inspect.Parameter.empty else f"`{_md(repr(p.default))}`"
+        ann = f"`{md(_annotation(p.annotation))}`" if _annotation(p.annotation) else ""
+        default = "required" if p.default is inspect.Parameter.empty else f"`{md(repr(p.default))}`"
         meaning = documented.get(p.name) or (STORAGE_MEANING if p.name == "storage" else "")
-        rows.append(f"| `{p.name}` | {ann} | {default} | {_md(meaning)} |")
+        rows.append(f"| `{p.name}` | {ann} | {default} | {md(meaning)} |")
     return "\n".join(rows)
 
 
@@ -198,124 +196,6 @@ def _threshold_column(t, keys: dict) -> str:
     return f"the column named by `{t.column}`" + (f"; `{t.default}` when it is None" if t.default else "")
 
 
-# ------------------------------------------------------------------------------------------ running code
-class ExampleError(RuntimeError):
-    """A docs code block exited with an error; ``args[0]`` is its last line of stderr."""
-
-
-@contextlib.contextmanager
-def example_folder() -> Iterator[Path]:
-    """A temporary folder with ``example_data`` linked in (the current directory is left alone)."""
-    with tempfile.TemporaryDirectory(prefix="dataflow_docs_") as tmp:
-        if EXAMPLE_DATA.is_dir():
-            (Path(tmp) / "example_data").symlink_to(EXAMPLE_DATA, target_is_directory=True)
-        yield Path(tmp)
-
-
-def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run this Python with ``args`` in ``cwd``: this checkout's ``dataflow``, quiet logs, no user operators."""
-    env = {k: v for k, v in os.environ.items() if k != "DATAFLOW_OPERATORS_PATH"}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-        DATAFLOW_LOG_LEVEL="WARNING",
-        DATAFLOW_PROGRESS="0",
-        PYTHONUNBUFFERED="1",
-        COLUMNS="100",
-    )
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL, capture_output=True, check=False
-    )
-
-
-def run_block(code: str, cwd: Path, where: str = "<docs>") -> str:
-    """Run a docs code block as a script in ``cwd``; returns what it printed, raises ``ExampleError``."""
-    done = _python(["-c", code], cwd)
-    if done.returncode:
-        lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
-        raise ExampleError(lines[-1], f"{where} failed:\n{done.stderr[-4000:]}")
-    return done.stdout
-
-
-def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """Run ``dataflow ARGV`` in ``cwd``; returns the exit code and stdout + stderr as one text, in order."""
-    done = _python(
-        [
-            "-c",
-            "import sys; sys.stderr = sys.stdout; from dataflow.cli import main; sys.exit(main(sys.argv[1:]))",
-            *argv,
-        ],
-        cwd,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
-def mask_seconds(text: str) -> str:
-    """Replace the values of the ``seconds`` column of step tables in ``text`` by ``x.xx`` (same layout)."""
-    lines, at = text.splitlines(), None
-    for i, line in enumerate(lines):
-        if re.match(r"step\s+operator\b", line) and "seconds" in line:
-            at = line.index("seconds")
-        elif at is not None and line.strip():
-            m = re.match(r"\d+\.\d+", line[at:])
-            if m:
-                lines[i] = line[:at] + TIME.ljust(len(m.group())) + line[at + len(m.group()) :]
-        else:
-            at = None
-    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
-
-
-def steps_table(cache: Path, prefix: str) -> str:
-    """``dataflow inspect`` 's step table with the seconds column replaced by ``x.xx``."""
-    from dataflow.cli import format_steps
-
-    return mask_seconds(format_steps(cache, prefix))
-
-
-def _scrubber(folder: Path):
-    """Replace absolute paths of the temp folder and the repository with relative ones."""
-    pairs = [(form, "example_data") for form in {str(EXAMPLE_DATA), os.path.realpath(EXAMPLE_DATA)}]
-    for form in {str(folder), os.path.realpath(folder), str(REPO_ROOT), os.path.realpath(REPO_ROOT)}:
-        pairs += [(form + os.sep, ""), (form, ".")]
-    return lambda text: functools.reduce(lambda t, pair: t.replace(*pair), pairs, text)
-
-
-@dataclass
-class ExampleRun:
-    error: str = ""
-    stdout: str = ""
-    steps_table: str = ""
-    meta: dict = field(default_factory=dict)  # the manifest of the last step
-    output: list[dict] = field(default_factory=list)
-    rejected: list[dict] = field(default_factory=list)
-
-
-def execute_example(example: Example) -> ExampleRun:
-    """Run ``example`` in a temp folder; read back its last step, its rejected rows and its step table."""
-    from dataflow.storage.formats import read_table
-
-    if not EXAMPLE_DATA.is_dir():
-        return ExampleRun(f"not run: {EXAMPLE_DATA.name}/ is not beside the package")
-    with example_folder() as folder:
-        scrub, cache = _scrubber(folder), folder / EXAMPLE_CACHE
-        try:
-            run = ExampleRun(stdout=scrub(run_block(example.code, folder)))
-        except ExampleError as exc:
-            return ExampleRun(scrub(exc.args[0]))
-        steps = sorted(
-            cache.glob(f"{EXAMPLE_PREFIX}_step*.meta.json"),
-            key=lambda p: int(re.search(r"_step(\d+)\.", p.name).group(1)),
-        )
-        if not steps:
-            return ExampleRun(f"the example wrote no step to {EXAMPLE_CACHE}")
-        run.meta = meta = json.loads(steps[-1].read_text())
-        rows = lambda name, kind: read_table(cache / name, kind)[0].to_dict("records") if name else []
-        run.output, run.rejected = rows(meta["file"], meta["cache_type"]), rows(meta.get("rejected_file"), "jsonl")
-        run.steps_table = scrub(steps_table(cache, EXAMPLE_PREFIX))
-        for row in run.output + run.rejected:
-            row.update({k: scrub(v) for k, v in row.items() if isinstance(v, str)})
-    return run
-
-
 def default_example(cls: type, module: str) -> Example:
     keys = "".join(f", {k}={v!r}" for k, v in _default_keys(cls).items() if not str(v).startswith("<"))
     return Example.on_example_data(
@@ -325,87 +205,6 @@ def default_example(cls: type, module: str) -> Example:
         note="Default example: the operator built with its defaults and run with its "
         "default keys (declare a better one: `example = Example(...)` on the class).",
     )
-
-
-# ------------------------------------------------------------------------------------------ values
-def _fmt_float(v: float, digits: int) -> str:
-    r = round(float(v), digits) if math.isfinite(v) else v
-    return ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(0.0 if r == 0 else r)
-
-
-def fmt_value(v: Any, digits: int) -> str:
-    import numpy as np
-
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "null"
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return _fmt_float(float(v), digits)
-    if isinstance(v, dict):
-        return json.dumps(v, sort_keys=True, default=str)
-    if not isinstance(v, (list, tuple, np.ndarray)):
-        return str(v)
-    items = list(v)
-    if len(items) <= 4:
-        return "[" + ", ".join(fmt_value(x, digits) for x in items) + "]"
-    norm = ""
-    if all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) for x in items):
-        norm = f", L2 norm {_fmt_float(float(np.linalg.norm(np.asarray(items, dtype=float))), 3)}"
-    return f"[{', '.join(fmt_value(x, digits) for x in items[:3])}, …] ({len(items)} values{norm})"
-
-
-def value_kind(values: list) -> str:
-    import numpy as np
-
-    kinds, lengths, nulls = set(), set(), 0
-    types = (
-        ((bool, np.bool_), "bool"),
-        ((int, np.integer), "int"),
-        ((float, np.floating), "float"),
-        (str, "str"),
-        (dict, "dict"),
-    )
-    for v in values:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            nulls += 1
-        elif isinstance(v, (list, tuple, np.ndarray)):
-            kinds.add(f"list[{' | '.join(sorted({value_kind([x]).split(',')[0] for x in list(v)[:8]} or {'?'}))}]")
-            lengths.add(len(v))
-        else:
-            kinds.add(next((name for t, name in types if isinstance(v, t)), type(v).__name__))
-    if {"int", "float"} <= kinds:
-        kinds.discard("int")
-    text = (" or ".join(sorted(kinds)) or "null") + (f" of {lengths.pop()} values" if len(lengths) == 1 else "")
-    return text + (", null in some rows" if nulls and kinds else "")
-
-
-def rows_table(rows: list[dict], columns: list[str], digits: int) -> str:
-    columns = [c for c in columns if any(c in r for r in rows)]
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(out + ["| " + " | ".join(_md(fmt_value(r.get(c), digits)) for c in columns) + " |" for r in rows])
-
-
-def _pick_rows(rows: list[dict], wanted: list[str] | None, n: int = 3) -> list[dict]:
-    by_image = {r.get("image"): r for r in rows}
-    return [by_image[w] for w in wanted or () if w in by_image] or rows[:n]
-
-
-def _pick_rejected(rows: list[dict], wanted: list[str] | None = None, n: int = 3) -> list[dict]:
-    """Up to ``n`` rejected rows in file order: those wanted, else the operator's own reasons first (one of
-    each, then a second of each), then the image-loading ones."""
-    if wanted:
-        return sorted(_pick_rows(rows, wanted, n), key=lambda r: next(i for i, x in enumerate(rows) if x is r))
-    by_reason: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_reason.setdefault(str(r.get("reason")), []).append(i)
-    own = [v for k, v in by_reason.items() if k not in IMAGE_REASONS]
-    order = [g[0] for g in own] + [g[1] for g in own if len(g) > 1]
-    order += [v[0] for k, v in by_reason.items() if k in IMAGE_REASONS]
-    order += [i for i in range(len(rows)) if i not in order]
-    return [rows[i] for i in sorted(order[:n])]
 
 
 # ------------------------------------------------------------------------------------------ one page
@@ -427,7 +226,7 @@ def reason_table(cls: type, run: ExampleRun | None, reads_images: bool, not_reas
         f"| `{c}` | {'the class docstring' if c in documented else 'seen in the example'} | {seen.get(c, 0)} |"
         for c in codes
     ]
-    lines += [f"| `{c}` | image loading (`dataflow.media`): {_md(IMAGE_REASONS[c])} | {seen[c]} |" for c in image_seen]
+    lines += [f"| `{c}` | image loading (`dataflow.media`): {md(IMAGE_REASONS[c])} | {seen[c]} |" for c in image_seen]
     others = [c for c in IMAGE_REASONS if c not in seen]
     if reads_images and others:
         lines.append(
@@ -555,7 +354,7 @@ def _example_section(example: Example, run: ExampleRun | None) -> list[str]:
             "",
         ]
     if run.error:
-        return ["```python notrun", code, "```", "", f"This example fails: `{_md(run.error)}`.", ""]
+        return ["```python notrun", code, "```", "", f"This example fails: `{md(run.error)}`.", ""]
     out = [
         "Run from a folder holding `example_data/` (the repository root). The output below was produced by "
         f"running it (`{REGENERATE}`).",
@@ -579,7 +378,7 @@ def _example_section(example: Example, run: ExampleRun | None) -> list[str]:
 def _output_format(run: ExampleRun | None, example: Example, is_filter: bool, writes: list[str]) -> list[str]:
     if not run or run.error:
         return [f"Every input row{' that is kept' if is_filter else ''}, plus the columns {_column_list(writes)}.", ""]
-    kind = lambda rows, c: _md(value_kind([r.get(c) for r in rows]))
+    kind = lambda rows, c: md(value_kind([r.get(c) for r in rows]))
     columns, new, head = (
         run.meta["columns"],
         run.meta.get("new_columns", []),
@@ -597,7 +396,7 @@ def _output_format(run: ExampleRun | None, example: Example, is_filter: bool, wr
         out += [f"| `{c}` | {kind(run.rejected, c)} |" for c in rej_cols] + [""]
     show = example.show or ["image", *[c for c in new if c != "image"][:6]]
     show += ["image_error"] if "image_error" in new and "image_error" not in show and not example.show else []
-    picked = _pick_rows(run.output, example.rows)
+    picked = pick_rows(run.output, example.rows)
     out += [
         f"### Example output ({len(picked)} of {run.meta['rows_out']} rows, selected columns)",
         "",
@@ -605,7 +404,7 @@ def _output_format(run: ExampleRun | None, example: Example, is_filter: bool, wr
         "",
     ]
     if is_filter:
-        rej = _pick_rejected(run.rejected, example.rejected_rows)
+        rej = pick_rejected(run.rejected, example.rejected_rows)
         show_rej = example.rejected_show or ["image", "reason", *[c for c in rej_cols if c != "reason"]][:6]
         out += [
             f"### Example rejected rows ({len(rej)} of {len(run.rejected)} rows, selected columns)",
@@ -653,7 +452,7 @@ def _index(operators: dict[str, type], executed: set[str]) -> str:
         "pipeline_code": read("pipeline.py").rstrip() + "\n",
     }
     with example_folder() as folder:
-        scrub, cache = _scrubber(folder), folder / "cache_local"
+        scrub, cache = scrubber(folder), folder / "cache_local"
         values["pipeline_printed"] = scrub(run_block(values["pipeline_code"], folder, "docs/_templates/pipeline.py"))
         executed.add(values["pipeline_code"])
         values["cache_listing"] = "\n".join(["cache_local/"] + [f"  {p.name}" for p in sorted(cache.iterdir())])
