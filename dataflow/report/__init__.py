@@ -5,7 +5,8 @@
 """
 
 from dataflow.report.cache import CacheView, ReportError
-from dataflow.report.html_report import build_report, duplicate_groups
+from dataflow.report.groups import duplicate_groups
+from dataflow.report.html_report import build_report
 from dataflow.report.notebook import duplicate_group, plot_duplicates
 
 __all__ = ["build_report", "plot_duplicates", "duplicate_group", "duplicate_groups", "CacheView", "ReportError"]

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,18 +27,25 @@ from dataflow.report.cache import (
     CacheView,
     Table,
     Threshold,
-    display_image,
     fmt_number,
     is_score_name,
     numeric_values,
 )
+from dataflow.report.format import (
+    allocate,
+    detail_text,
+    fill_budget,
+    largest,
+    measure_text,
+    op_summary,
+    short_text,
+    smallest,
+)
+from dataflow.report.groups import DuplicateGroup, duplicate_groups
 from dataflow.report.svg import COLORS, LABELS, histogram_svg
 from dataflow.storage.atomic import atomic_write_bytes
 
 READY_ATTRIBUTE = "data-report-state"  # set to "ready" by the page's script once it has run without error
-
-# Shares of the thumbnail cap when the sections want more than it allows; what one leaves goes to the others.
-_SHARES = {"groups": 0.45, "scores": 0.4, "rejected": 0.15}
 
 
 def esc(value: Any) -> str:
@@ -102,66 +107,6 @@ def build_report(
     return target
 
 
-# ---------------------------------------------------------------------------------------------- groups
-@dataclass
-class DuplicateGroup:
-    """A kept image and the rows one step removed as its duplicates (indices into that step's sidecar)."""
-
-    step: int
-    kept: str
-    kept_source: Any
-    rows: np.ndarray
-    measure: str | None  # "distance", "similarity" or None (exact copies)
-
-    @property
-    def size(self) -> int:
-        return 1 + len(self.rows)
-
-
-def duplicate_groups(view: CacheView, limit: int | None = None) -> tuple[list[DuplicateGroup], int, int]:
-    """Groups from the rejected rows' ``duplicate_of``, largest first; also the total groups and rows."""
-    cands = []  # (size, step, code) per group
-    per_step = {}
-    for step, tab in sorted(view.rejected.items()):
-        df = tab.df
-        if "duplicate_of" not in df.columns:
-            continue
-        idx = np.flatnonzero(df["duplicate_of"].notna().to_numpy())
-        if not len(idx):
-            continue
-        raw = df["duplicate_of"].to_numpy(dtype=object)[idx]
-        keys = np.array([display_image(v) for v in raw], dtype=object) if not _all_str(raw) else raw
-        # near-duplicate rows carry their group id; exact copies are grouped by the image they copy
-        gid = pd.to_numeric(df["group"], errors="coerce").to_numpy()[idx] if "group" in df.columns else None
-        codes = pd.factorize(gid if gid is not None and not np.isnan(gid).any() else keys)[0]
-        sizes = np.bincount(codes)
-        order = idx[np.argsort(codes, kind="stable")]
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        first = np.unique(codes, return_index=True)[1]  # codes number groups in order of first appearance
-        measure = "distance" if "distance" in df.columns else "similarity" if "similarity" in df.columns else None
-        m_all = pd.to_numeric(df[measure], errors="coerce").to_numpy(float) if measure else None
-        per_step[step] = (order, bounds, keys[first], raw[first], measure, m_all)
-        cands.append(np.stack([sizes + 1, np.full(len(sizes), step), np.arange(len(sizes))], axis=1))
-    if not cands:
-        return [], 0, 0
-    allc = np.concatenate(cands)
-    ranked = allc[np.lexsort((allc[:, 2], allc[:, 1], -allc[:, 0]))]
-    total_groups, total_rows = len(allc), int((allc[:, 0] - 1).sum())
-    out = []
-    for _size, step, code in ranked[: limit if limit is not None else len(ranked)]:
-        order, bounds, kept_keys, kept_raw, measure, m_all = per_step[int(step)]
-        rows = order[bounds[code] : bounds[code + 1]]
-        if measure:
-            m = m_all[rows]
-            rows = rows[np.argsort(m if measure == "distance" else -m, kind="stable")]
-        out.append(DuplicateGroup(int(step), str(kept_keys[code]), kept_raw[code], rows, measure))
-    return out, total_groups, total_rows
-
-
-def _all_str(values: np.ndarray) -> bool:
-    return all(isinstance(v, str) for v in values[:256]) and all(isinstance(v, str) for v in values)
-
-
 # ---------------------------------------------------------------------------------------------- rendering
 class _Renderer:
     def __init__(self, view: CacheView, store, max_groups: int):
@@ -195,7 +140,7 @@ class _Renderer:
             "scores": sum(6 + 4 * len(thresholds.get(c, [])) for c, _ in self.columns),
         }
         self.need = need
-        self.alloc = _allocate(need, self.store.max_thumbnails)
+        self.alloc = allocate(need, self.store.max_thumbnails)
         return self.alloc
 
     # ------------------------------------------------------------------ helpers
@@ -281,13 +226,13 @@ class _Renderer:
         rows = []
         for step, m in self.view.manifests.items():
             params = "".join(
-                f'<span class="kv">{esc(k)}=<b>{esc(_short(p))}</b></span>'
+                f'<span class="kv">{esc(k)}=<b>{esc(short_text(p))}</b></span>'
                 for k, p in (m.get("params") or {}).items()
                 if p is not None
             )
             keys = {**(m.get("input_keys") or {}), **(m.get("output_keys") or {})}
             keys_html = "".join(
-                f'<span class="kv key">{esc(k)}=<b>{esc(_short(p))}</b></span>'
+                f'<span class="kv key">{esc(k)}=<b>{esc(short_text(p))}</b></span>'
                 for k, p in keys.items()
                 if p is not None
             )
@@ -322,7 +267,7 @@ class _Renderer:
             return head + '<p class="muted">No step removed duplicates.</p></section>'
         shown, more = groups[: self.max_groups], groups[self.max_groups :]
         fates = self._later_fates(shown)
-        per_group = _fill([g.size for g in shown], self.alloc.get("groups", 0), 2, 6)
+        per_group = fill_budget([g.size for g in shown], self.alloc.get("groups", 0), 2, 6)
         cards = []
         for g in shown:
             tab = v.rejected[g.step]
@@ -344,7 +289,7 @@ class _Renderer:
             figs, rest = [], []
             for i, row in enumerate(g.rows):
                 row = int(row)
-                measure = _measure_text(tab, row, g.measure)
+                measure = measure_text(tab, row, g.measure)
                 if i < per_group - 1:
                     figs.append(self.thumb(tab, row, f'<span class="m">{esc(measure)}</span>', extra_class="dup"))
                 elif len(rest) < 50:
@@ -362,7 +307,7 @@ class _Renderer:
                     f"{f'<li>… and {hidden} more</li>' if hidden > 0 else ''}</ul></details>"
                 )
             search = " ".join([g.kept, *tab.display_images(v.image_key)[g.rows[:50]]]).lower()
-            params = _op_summary(meta)
+            params = op_summary(meta)
             cards.append(
                 f'<div class="group" data-step="{g.step}" data-kept="{esc(g.kept)}" data-size="{g.size}" '
                 f'data-search="{esc(search)}"><div class="ghead"><b>{g.size} images</b> · step {g.step} '
@@ -444,7 +389,7 @@ class _Renderer:
                 '<section id="rejected"><h2>Rejected rows</h2><p class="muted">No step rejected any row.</p></section>'
             )
         sample_pairs = [(s, r, n) for s, r, n in pairs if r not in DUPLICATE_REASONS and s in v.rejected]
-        per_reason = _fill(
+        per_reason = fill_budget(
             [n for s, r, n in sample_pairs if r not in UNREADABLE_REASONS], self.alloc.get("rejected", 0), 1, 6
         )
         for step, reason, n in sample_pairs:
@@ -457,7 +402,9 @@ class _Renderer:
             for row in picks:
                 row = int(row)
                 ph = reason if reason in UNREADABLE_REASONS else None
-                figs.append(self.thumb(tab, row, f'<span class="m">{esc(_detail(tab.df, row))}</span>', placeholder=ph))
+                figs.append(
+                    self.thumb(tab, row, f'<span class="m">{esc(detail_text(tab.df, row))}</span>', placeholder=ph)
+                )
             blocks.append(
                 f'<div class="rblock" data-step="{step}" data-reason="{esc(reason)}"><h4>step {step} · '
                 f'{esc(v.operator(step))} · <span class="badge">{esc(reason)}</span> '
@@ -512,7 +459,7 @@ class _Renderer:
         trs = []
         for tab, row, reason, where in items:
             label = tab.display_images(v.image_key)[row]
-            detail = _detail(tab.df, row)
+            detail = detail_text(tab.df, row)
             trs.append(
                 f'<tr data-reason="{esc(reason)}" data-image="{esc(label)}"><td><span class="th ph bad sm" '
                 f'title="{esc(label)}">{esc(reason)}</span></td>'
@@ -622,13 +569,13 @@ class _Renderer:
     def _score_strips(self, col, values, tab_id, row, status, tabs, thr, k_end, k_thr) -> str:
         if not self.store.has_room():
             return '<p class="muted small">thumbnail cap reached: no samples for this column</p>'
-        groups: list[tuple[str, np.ndarray]] = [("lowest", _smallest(values, k_end))]
+        groups: list[tuple[str, np.ndarray]] = [("lowest", smallest(values, k_end))]
         for t in thr:
             low = np.flatnonzero(values < t.value) if t.side != "max" else np.flatnonzero(values <= t.value)
             high = np.flatnonzero(values >= t.value) if t.side != "max" else np.flatnonzero(values > t.value)
-            near = np.concatenate([low[_largest(values[low], k_thr)], high[_smallest(values[high], k_thr)]])
+            near = np.concatenate([low[largest(values[low], k_thr)], high[smallest(values[high], k_thr)]])
             groups.append((f"around {t.label}", near))
-        groups.append(("highest", _largest(values, k_end)))
+        groups.append(("highest", largest(values, k_end)))
         lowest = {int(p) for p in groups[0][1]}
         merged: list[tuple[str, np.ndarray]] = []
         for label, picks in groups:  # a strip that only repeats the one before it joins its label instead
@@ -662,89 +609,6 @@ class _Renderer:
                     f"{''.join(figs)}</div></div>"
                 )
         return f'<div class="samples">{"".join(out)}</div>'
-
-
-# ---------------------------------------------------------------------------------------------- small helpers
-def _allocate(need: dict[str, int], cap: int) -> dict[str, int]:
-    """Thumbnails per section: all it needs when everything fits, else its share, then what others leave."""
-    if sum(need.values()) <= cap:
-        return dict(need)
-    alloc = {k: min(need[k], int(_SHARES[k] * cap)) for k in _SHARES}
-    for k in _SHARES:  # priority order: groups, scores, rejected
-        alloc[k] += min(need[k] - alloc[k], cap - sum(alloc.values()))
-    return alloc
-
-
-def _fill(sizes: list[int], budget: int, lo: int, hi: int) -> int:
-    """The largest k in [lo, hi] with sum(min(size, k)) <= budget (lo if none)."""
-    best = lo
-    for k in range(lo, hi + 1):
-        if sum(min(s, k) for s in sizes) <= budget:
-            best = k
-    return best
-
-
-def _smallest(x: np.ndarray, k: int) -> np.ndarray:
-    if not len(x) or k <= 0:
-        return np.empty(0, np.int64)
-    k = min(k, len(x))
-    part = np.argpartition(x, k - 1)[:k] if k < len(x) else np.arange(len(x))
-    return part[np.argsort(x[part], kind="stable")]
-
-
-def _largest(x: np.ndarray, k: int) -> np.ndarray:
-    if not len(x) or k <= 0:
-        return np.empty(0, np.int64)
-    k = min(k, len(x))
-    part = np.argpartition(-x, k - 1)[:k] if k < len(x) else np.arange(len(x))
-    return part[np.argsort(x[part], kind="stable")]
-
-
-def _measure_text(tab: Table, row: int, measure: str | None) -> str:
-    if measure is None:
-        return "exact copy"
-    value = tab.values(measure)[row]
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return f"{measure} ?"
-    if math.isnan(value):
-        return f"{measure} ?"
-    return f"{measure} {fmt_number(value) if measure == 'distance' else f'{value:.4f}'}"
-
-
-def _detail(df: pd.DataFrame, row: int) -> str:
-    if "detail" in df.columns:
-        d = df["detail"].iat[row]
-        if isinstance(d, str) and d:
-            return d
-    if "score_key" in df.columns:
-        key = df["score_key"].iat[row]
-        if isinstance(key, str) and key in df.columns:
-            return f"{key} = {fmt_number(_float(df[key].iat[row]))}"
-    if "duplicate_of" in df.columns and isinstance(df["duplicate_of"].iat[row], str):
-        return f"duplicate of {df['duplicate_of'].iat[row]}"
-    if "image_error" in df.columns and isinstance(df["image_error"].iat[row], str):
-        return f"image_error {df['image_error'].iat[row]}"
-    return ""
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _op_summary(meta: dict) -> str:
-    p = meta.get("params") or {}
-    keep = ("method", "max_distance", "threshold", "on", "keep", "transitive")
-    return ", ".join(f"{k} {p[k]}" for k in keep if k in p and p[k] is not None)
 
 
 # ---------------------------------------------------------------------------------------------- page
