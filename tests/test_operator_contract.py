@@ -218,3 +218,21 @@ def test_user_operator_fixture_runs_on_the_bases(tmp_path, monkeypatch, restore_
     assert "min_words 6" in cards["caption_words"] and 'class="thr"' in cards["caption_words"]
     assert "<rect" in cards["redness"]
     assert "UserCaptionDeduplicateFilter" in text and "same_caption" in text
+
+
+def test_user_operators_are_listed_by_dataflow_ops(tmp_path, monkeypatch, capsys, restore_registry):
+    from dataflow.cli import main
+
+    (tmp_path / "operators").mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "user_operators.py", tmp_path / "operators" / "user_ops.py")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ops", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["UserRednessEvaluator"]["category"] == "eval"
+    assert listed["UserCaptionLengthFilter"]["category"] == "filter"
+    assert listed["UserCaptionDeduplicateFilter"]["category"] == "filter"
+    assert listed["UserCaptionDeduplicateFilter"]["description"].startswith("Drops rows with the same")
+    assert main(["ops", "--lang", "zh", "--json"]) == 0
+    zh = {row["name"]: row["description"] for row in json.loads(capsys.readouterr().out)}
+    assert zh["UserRednessEvaluator"].startswith("每张图像")
+    assert zh["UserCaptionLengthFilter"] == listed["UserCaptionLengthFilter"]["description"]  # no zh: falls back

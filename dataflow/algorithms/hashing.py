@@ -307,10 +307,27 @@ def hash_to_hex(hashes: np.ndarray | Iterable[int], hash_size: int = 8) -> list[
     return [f"{int(h):0{width}x}" for h in np.asarray(hashes, dtype=np.uint64).ravel()]
 
 
+def _full_width_hex(hexes: list[str]) -> np.ndarray | None:
+    """All 16-digit hex strings (what hash_to_hex writes) parsed in one go; None when any is not."""
+    if not all(isinstance(t, str) and len(t) == 16 for t in hexes):
+        return None
+    try:
+        raw = bytes.fromhex("".join(hexes))
+    except ValueError:
+        return None
+    if len(raw) != 8 * len(hexes):  # fromhex skips whitespace: a string with spaces is not 16 digits
+        return None
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+
 def hex_to_hash(hexes: Iterable[str]) -> np.ndarray:
     """Inverse of hash_to_hex: hex strings of at most 16 digits -> uint64 array."""
     if isinstance(hexes, str):
         raise TypeError("pass a list of hex strings, not a single string")
+    hexes = list(hexes)
+    fast = _full_width_hex(hexes)
+    if fast is not None:
+        return fast
     values = []
     for text in hexes:
         if not 0 < len(text) <= 16 or not set(text) <= _HEX_DIGITS:

@@ -126,6 +126,7 @@ class DedupFilter(OperatorABC):
     """
 
     execution = "dedup"
+    category = "filter"
     search: ClassVar[str] = "exact"
     reason: ClassVar[str] = "near_duplicate"
     weight_name: ClassVar[str | None] = None

@@ -6,8 +6,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dataflow.log import progress
 from dataflow.media.errors import ImageLoadError
@@ -16,9 +15,11 @@ from dataflow.media.errors import ImageLoadError
 MIN_ITEMS_FOR_POOL = 48
 
 
-@dataclass(frozen=True)
-class ItemResult:
-    """What one item produced: a value, or the reason code and detail of why it could not."""
+class ItemResult(NamedTuple):
+    """What one item produced: a value, or the reason code and detail of why it could not.
+
+    A named tuple rather than a dataclass: a step builds one per row, a million for a hash column.
+    """
 
     value: Any = None
     error: str | None = None

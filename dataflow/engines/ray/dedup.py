@@ -298,8 +298,10 @@ def run_dedup(run: StepRun) -> pd.DataFrame:
         rows, found = _hamming_pairs(run, slim, readable)
     else:
         rows, found, best = _cosine_pairs(run, slim, readable)
+    run.log(f"{search} search: {len(rows)} rows with duplicates in {time.perf_counter() - clock:.1f}s")
+    clock = time.perf_counter()
     groups = op.group(len(rows), found, rows["pv"].to_numpy(float))
-    run.log(f"grouped {len(rows)} rows with duplicates on the driver in {time.perf_counter() - clock:.1f}s")
+    run.log(f"grouped them on the driver in {time.perf_counter() - clock:.1f}s")
     return _write_groups(run, rows, groups, readable=readable, best=best, dup_columns=dup_columns)
 
 

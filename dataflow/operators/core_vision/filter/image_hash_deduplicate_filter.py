@@ -120,10 +120,12 @@ def hashes_from_column(df: pd.DataFrame, key: str, operator: str) -> list[ItemRe
     """Hex hashes an earlier step wrote; rows without one carry that step's ``image_error`` reason."""
     if key not in df.columns:
         raise KeyError(f"{operator}: input_hash_key={key!r} is not a column")
-    errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
     values = df[key].tolist()
     present = [isinstance(v, str) and bool(v) for v in values]
-    hashes = hex_to_hash([v if ok else "0" * 16 for v, ok in zip(values, present)])
+    hashes = hex_to_hash([v if ok else "0" * 16 for v, ok in zip(values, present)]).tolist()
+    if all(present):
+        return list(map(ItemResult, hashes))
+    errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
     return [
         ItemResult(h) if ok else ItemResult(None, e if isinstance(e, str) and e else "missing_hash", f"no {key} value")
         for h, ok, e in zip(hashes, present, errors)
