@@ -19,6 +19,13 @@ def hash_thumbnail(
     return to_hash_input(img, method, hash_size)
 
 
+def check_method(method: str) -> str:
+    """``method`` if it names a perceptual hash, else a ValueError listing those there are."""
+    if method not in HASH_METHODS:
+        raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
+    return method
+
+
 def compute_hashes(
     sources: list,
     base_dir: str,
@@ -30,8 +37,7 @@ def compute_hashes(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, list[ItemResult]]:
     """uint64 hash per row (0 where unreadable) and the per-row results carrying error reasons."""
-    if method not in HASH_METHODS:
-        raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
+    check_method(method)
     results = map_items(
         hash_thumbnail,
         sources,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.algorithms.hashing import HASH_METHODS, hash_to_hex
+from dataflow.algorithms.hashing import hash_to_hex
 from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
 from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS
-from dataflow.operators.core_vision._hashing import compute_hashes
+from dataflow.operators.core_vision._hashing import check_method, compute_hashes
 
 
 @OPERATOR_REGISTRY.register()
@@ -58,9 +58,7 @@ class ImageHashEvaluator(ImageEvaluator):
         num_workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        if method not in HASH_METHODS:
-            raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
-        self.method = method
+        self.method = check_method(method)
         self.hash_size = hash_size
         self.draft = draft
         self.num_workers = num_workers

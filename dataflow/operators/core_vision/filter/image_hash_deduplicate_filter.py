@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.algorithms.hashing import HASH_METHODS, hex_to_hash
+from dataflow.algorithms.hashing import hex_to_hash
 from dataflow.core.dedup import DedupFilter, check_keep
 from dataflow.core.docs import Example
 from dataflow.core.images import ERROR_COLUMN, image_column
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS
-from dataflow.operators.core_vision._hashing import compute_hashes
+from dataflow.operators.core_vision._hashing import check_method, compute_hashes
 
 
 @OPERATOR_REGISTRY.register()
@@ -75,11 +75,9 @@ class ImageHashDeduplicateFilter(DedupFilter):
         num_workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        if method not in HASH_METHODS:
-            raise ValueError(f"unknown hash method {method!r}; expected one of {sorted(HASH_METHODS)}")
         if not 0 <= int(max_distance) <= hash_size * hash_size:
             raise ValueError(f"max_distance must be within 0..{hash_size * hash_size}, got {max_distance}")
-        self.method = method
+        self.method = check_method(method)
         self.max_distance = int(max_distance)
         self.transitive = transitive
         self.keep = check_keep(keep)
