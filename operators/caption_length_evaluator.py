@@ -15,9 +15,17 @@ class CaptionLengthEvaluator(OperatorABC):
     """Counts the words of each caption (example user operator).
 
     A list of captions counts its longest one. Rows with no caption get 0.
+
+    Parameters:
+        lowercase: lowercase the text first
+        input_text_key: column holding the caption: one string or a list of strings
+        output_key: column the count is written to
     """
 
+    description = "Counts the words of each caption (example user operator)."
+    description_zh = "统计每条描述的词数（用户算子示例）。"
     category = "eval"
+    execution = "rowwise"  # each row on its own: the Ray engine may run it on any slice of the table
 
     def __init__(self, lowercase: bool = True):
         self.lowercase = lowercase
