@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from dataflow.core.parallel import ItemResult
@@ -24,7 +25,7 @@ def errors_of(results: list[ItemResult]) -> pd.Series:
 
 def rejected_unreadable(df: pd.DataFrame, results: list[ItemResult]) -> tuple[pd.Series, pd.DataFrame]:
     """Boolean mask of readable rows, and the unreadable rows with their reason code and detail."""
-    bad = pd.Series([r.error is not None for r in results], index=df.index)
+    bad = pd.Series(np.array([r.error is not None for r in results], dtype=bool), index=df.index)  # bool at 0 rows
     rejected = df[bad].copy()
     rejected["reason"] = [r.error for r in results if r.error is not None]
     rejected["detail"] = [r.detail for r in results if r.error is not None]

@@ -154,7 +154,11 @@ class FileStorage:
             raise StorageError(
                 f"step {step} has not been written: {path} does not exist (did the operator of step {step} run?)"
             )
-        return read_table(path, self.cache_type)[0]
+        df = read_table(path, self.cache_type)[0]
+        if not len(df):  # JSON and CSV files of zero rows lose their columns; the manifest has them
+            columns = (self.manifest(step) or {}).get("columns") or []
+            df = df.reindex(columns=[*df.columns, *(c for c in columns if c not in df.columns)])
+        return df
 
     def read_columns(self, step: int | None = None) -> list[str]:
         """Column names of a step from its header only (used by ``compile()``)."""

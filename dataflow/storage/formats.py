@@ -7,6 +7,7 @@ equal-length numeric arrays stored as fixed-size lists (embeddings stay compact 
 from __future__ import annotations
 
 import base64
+import binascii
 import gc
 import json
 import math
@@ -203,7 +204,10 @@ def _decode_bytes(value: Any) -> Any:
     """Turn ``{"__bytes__": base64}`` back into bytes, anywhere in a parsed JSON value."""
     if isinstance(value, dict):
         if len(value) == 1 and BYTES_TAG in value and isinstance(value[BYTES_TAG], str):
-            return base64.b64decode(value[BYTES_TAG])
+            try:
+                return base64.b64decode(value[BYTES_TAG], validate=True)
+            except binascii.Error:  # not our tag: a user's own dict stays as it is
+                return value
         return {k: _decode_bytes(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode_bytes(v) for v in value]
