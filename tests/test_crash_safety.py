@@ -187,3 +187,59 @@ def test_lock_imports_and_locks_without_fcntl(tmp_path):
     assert "in use by another run (pid " in refused
     assert fcntl_blocked == "True"
     assert not (tmp_path / "cache" / ".dataflow.lock.holder").exists()  # released cleanly
+
+
+POOLED = textwrap.dedent("""
+    import os, sys, time
+    from dataflow.core.parallel import map_items
+    from dataflow.storage.lock import CacheLock
+
+    def slow(item, started):
+        open(os.path.join(started, str(os.getpid())), "w").write("1")
+        time.sleep(60)  # a step that is still running when the run is killed
+        return item
+
+    if __name__ == "__main__":
+        with CacheLock(sys.argv[1]):
+            map_items(slow, list(range(64)), num_workers=2, started=sys.argv[2])
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"  # a zombie has died
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent via prctl (Linux)")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_pool_workers_die_with_a_killed_run_and_free_its_lock(tmp_path, how):
+    """kill -9 (or Ctrl-C) of a run during a pooled step: no worker outlives it holding the cache lock."""
+    script, cache, started = tmp_path / "pooled.py", tmp_path / "cache", tmp_path / "started"
+    script.write_text(POOLED)
+    started.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cache), str(started)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while len(list(started.iterdir())) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "the workers never started"
+        time.sleep(0.05)
+    workers = [int(p.name) for p in started.iterdir()]
+    proc.send_signal(how)
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "pool workers outlived the run"
+    with CacheLock(cache):  # free at once: no survivor shares the lock's file descriptor
+        pass
+    err = proc.stderr.read()
+    assert "ForkProcess" not in err and "SpawnProcess" not in err, f"a worker printed a traceback:\n{err}"

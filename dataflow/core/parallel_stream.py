@@ -6,9 +6,8 @@ Memory stays bounded to two windows whatever the dataset size, unlike submitting
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
-from dataflow.core.parallel import MIN_ITEMS_FOR_POOL, ItemResult, _Guarded, resolve_workers
+from dataflow.core.parallel import MIN_ITEMS_FOR_POOL, ItemResult, _Guarded, resolve_workers, worker_pool
 from dataflow.log import progress
 
 
@@ -27,7 +26,7 @@ def stream_items(
                 yield start, results
             return
         chunk = max(1, window // (workers * 4))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:
             starts = list(range(0, len(items), window))
             pending = pool.map(guarded, items[0:window], chunksize=chunk) if starts else None
             for k, start in enumerate(starts):
