@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
+
+import dataflow
+from dataflow.log import get_logger
 
 # format_steps stays importable from here: docs_gen and the tests import dataflow.cli.format_steps.
 from dataflow.storage.cache_folder import CacheFolderReadError, format_steps, load_manifests, only_prefix
@@ -17,6 +21,8 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.quiet or args.verbose:
+        get_logger().setLevel(logging.WARNING if args.quiet else logging.DEBUG)  # after its first set-up
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -38,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dataflow", description="Curate image and image-text datasets with cached, resumable pipelines."
     )
+    p.add_argument("--version", action="version", version=f"dataflow {dataflow.__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(title="commands")
 
     run = sub.add_parser("run", help="run a pipeline from a YAML config (resumes from cached steps)")
@@ -231,7 +240,13 @@ def cmd_dedup(args) -> int:
         )
     except (KeyError, ValueError) as exc:
         raise _UserError(str(exc.args[0] if exc.args else exc)) from None
-    op.run(storage.step(), input_image_key=storage.image_key)
+    from dataflow.storage.lock import CacheLock, CacheLockedError
+
+    try:
+        with CacheLock(args.out):  # one run per cache folder, as for pipelines
+            op.run(storage.step(), input_image_key=storage.image_key)
+    except CacheLockedError as exc:
+        raise _UserError(str(exc)) from None
     rejected = storage.read_rejected(1)
     dups = rejected[rejected["reason"] == op.reason] if len(rejected) else rejected
     for kept, group in dups.groupby("duplicate_of", sort=False) if len(dups) else []:

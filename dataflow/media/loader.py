@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -93,8 +94,13 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
             raise ImageLoadError("missing", "empty path", "")
         path = resolve_path(source, base_dir)
         try:
-            if path.is_dir():
+            mode = path.stat().st_mode  # follows links: a dangling one is missing, a loop an error
+            if stat.S_ISDIR(mode):
                 raise ImageLoadError("not_an_image", f"{path} is a folder", str(path))
+            if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+                raise ImageLoadError(
+                    "not_an_image", f"{path} is not a regular file (FIFO, socket or device)", str(path)
+                )
             data = path.read_bytes()
         except ImageLoadError:
             raise

@@ -72,6 +72,7 @@ class FileStorage:
         self._columns_in: list[str] | None = None
         self._malformed: list[dict] = []
         self._read_frame: pd.DataFrame | None = None
+        self._input_fingerprint: str | None = None
         self._read_dicts: list[dict] | None = None
 
     # ------------------------------------------------------------ positions and paths
@@ -143,6 +144,9 @@ class FileStorage:
 
     def _read_step(self, step: int) -> pd.DataFrame:
         self._malformed = []
+        # What the step is about to see, fingerprinted before it is read: an input that changes during
+        # the step (rows appended) then no longer matches, and the next run redoes the step.
+        self._input_fingerprint = self.step_fingerprint(step)
         if step == 0:
             kind = self.input_kind
             if kind == "folder":
@@ -199,6 +203,13 @@ class FileStorage:
 
         out_step = self.operator_step + 1
         target, rej_target = self.step_path(out_step), self.rejected_path(out_step)
+        entry = Path(self.first_entry_file_name)
+        if entry.is_file() and any(p.exists() and p.samefile(entry) for p in (target, rej_target)):
+            raise StorageError(
+                f"writing step {out_step} to {target} would overwrite the input "
+                f"{self.first_entry_file_name}; move the input out of the cache folder or "
+                "choose another file_name_prefix"
+            )
         try:
             Path(self.cache_path).mkdir(parents=True, exist_ok=True)
             # The old manifest goes first: from here until the new one lands, the step counts as unfinished.
@@ -219,7 +230,7 @@ class FileStorage:
                     rows_out=len(df),
                     rows_rejected=len(rej),
                     rejected_reasons=rej["reason"].value_counts().to_dict() if len(rej) else {},
-                    input_fingerprint=self.step_fingerprint(self.operator_step) or "",
+                    input_fingerprint=self._read_fingerprint() or "",
                     columns=list(df.columns),
                     columns_in=self._columns_in or [],
                     file=target.name,
@@ -232,6 +243,11 @@ class FileStorage:
         except OSError as exc:
             raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)
+
+    def _read_fingerprint(self) -> str | None:
+        """The fingerprint of the current step as ``read()`` saw it (now, when it was not read)."""
+        read = self._input_fingerprint if self._rows_in is not None else None
+        return read or self.step_fingerprint(self.operator_step)
 
     def read_rejected(self, step: int) -> pd.DataFrame:
         """The rows dropped when ``step`` was written (empty if none)."""

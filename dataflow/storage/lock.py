@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from dataflow.log import get_logger
+from dataflow.storage.atomic import remove_stale_temp_files
 
 LOCK_NAME = ".dataflow.lock"
 HOLDER_NAME = LOCK_NAME + ".holder"
@@ -56,6 +57,11 @@ class CacheLock:
             lock.release()
             raise cache_folder_error(self.folder, exc) from None
         self._lock, self._depth = lock, 1
+        stale = remove_stale_temp_files(self.folder)  # no writer can be mid-write here: we hold the lock
+        if stale:
+            logger.warning(
+                "cache folder %s: removed %d temp file(s) left by an interrupted write", self.folder, len(stale)
+            )
         return self
 
     def release(self) -> None:

@@ -122,8 +122,12 @@ def path_fingerprint(path: str | os.PathLike) -> str:
         for root, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(files):
-                st = os.stat(os.path.join(root, name))
-                entries.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+                full = os.path.join(root, name)
+                try:
+                    st = os.stat(full)
+                except OSError:  # a dangling link or a loop: its row gets a reason; its link still counts
+                    st = os.lstat(full)
+                entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
         return fingerprint("dir", str(path.resolve()), entries)
     st = path.stat()
     return fingerprint("file", str(path.resolve()), st.st_size, st.st_mtime_ns)

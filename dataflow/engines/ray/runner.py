@@ -272,6 +272,7 @@ class RayEngine:
         Path(storage.cache_path).mkdir(parents=True, exist_ok=True)
         storage.manifest_path(out_step).unlink(missing_ok=True)  # unfinished from here until the new one lands
         rio.remove_stale_tmps(target)
+        input_fp = storage.step_fingerprint(call.step) or ""  # as read: a change during the step reruns it
         src = self.step_input(storage, call.step)
         tmp = rio.new_step_tmp(target)
         try:
@@ -297,7 +298,7 @@ class RayEngine:
                 ", actor pool" if run.actors and strategy != "driver" else "",
             )
             stats = self._execute(strategy, run)
-            manifest = self._finish(call, info, src, stats, tmp, target)
+            manifest = self._finish(call, info, src, stats, tmp, target, input_fp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -337,7 +338,7 @@ class RayEngine:
         kept, rej = run_operator(run.op, df, run.keys, run.ctx)
         return pd.DataFrame([write_outputs(0, len(df), kept, [("a", rej)], run.ctx).as_row()])
 
-    def _finish(self, call, info, src: StepInput, stats: pd.DataFrame, tmp: Path, target: Path) -> dict:
+    def _finish(self, call, info, src: StepInput, stats: pd.DataFrame, tmp: Path, target: Path, input_fp: str) -> dict:
         """Check the accounting, concatenate the rejected parts, swap the step into place, write the manifest
         (``info`` is the call's ``CallInfo``, its ``started`` the call's start)."""
         storage = call.storage
@@ -382,7 +383,7 @@ class RayEngine:
             rows_out=rows_out,
             rows_rejected=rows_rejected,
             rejected_reasons=dict(reasons.most_common()),
-            input_fingerprint=storage.step_fingerprint(call.step) or "",
+            input_fingerprint=input_fp,
             columns=list(unified.names),
             columns_in=src.columns,
             file=target.name,
