@@ -602,3 +602,25 @@ def test_orientation_samples_all_show_the_same_upright_picture(shared_data):
             same = np.abs(arr - ref).mean()  # differs only by the digit drawn on each
             wrong = min(np.abs(alt - ref).mean() for alt in (arr[:, ::-1], arr[::-1], arr[::-1, ::-1]))
             assert same < 20 and same < 0.5 * wrong, (path, same, wrong)
+
+
+def test_eps_named_jpg_is_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    """A .jpg that is really EPS would make Pillow run Ghostscript; only an allow-list of formats is decoded."""
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError("no")))
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto\nshowpage\n")
+    assert reason_of(load_image, str(path)) == "unsupported"
+    assert reason_of(image_info, path) == "unsupported"
+    with pytest.raises(ImageLoadError, match="EPS is not decoded"):
+        load_image(str(path))
+    assert not calls
+
+
+def test_only_the_allow_listed_formats_are_decoded():
+    from dataflow.media.loader import DECODED_FORMATS
+
+    assert "EPS" not in DECODED_FORMATS and {"JPEG", "PNG", "WEBP", "TIFF", "HEIF"} <= set(DECODED_FORMATS)
+    assert reason_of(load_image, encode(pattern((8, 8)), "PCX")) == "not_an_image"  # Pillow reads it; we do not

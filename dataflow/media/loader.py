@@ -32,6 +32,11 @@ except Exception:  # pragma: no cover - depends on the platform wheel
 DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_ORIENTATION_TAG = 0x0112
 
+# The only formats decoded. Pillow can open dozens more; some run external programs (EPS and PostScript
+# call Ghostscript) and most are attack surface no training set needs, so they are refused by name.
+DECODED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "HEIF", "AVIF", "PPM", "ICO", "TGA")
+_REFUSED_MAGIC = {b"%!PS": "PostScript / EPS", b"\xc5\xd0\xd3\xc6": "EPS"}
+
 # Formats whose end can be checked cheaply without decoding (MPO is a JPEG followed by more JPEGs;
 # HEIF/AVIF are ISO media files whose top-level boxes state their sizes).
 TAIL_CHECKED_FORMATS = ("JPEG", "MPO", "PNG", "HEIF", "AVIF")
@@ -125,10 +130,16 @@ def open_image(
     return open_bytes(data, label, max_pixels=max_pixels), len(data)
 
 
+def _decoded_formats() -> list[str]:
+    """``DECODED_FORMATS`` that this Pillow build has (AVIF and HEIF depend on plugins)."""
+    Image.init()
+    return [f for f in DECODED_FORMATS if f in Image.OPEN]
+
+
 def _pil_open(data: bytes) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=_decoded_formats())
 
 
 def open_bytes(data: bytes, label: str = "<bytes>", *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -153,6 +164,11 @@ def open_bytes(data: bytes, label: str = "<bytes>", *, max_pixels: int | None = 
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
+        refused = next((name for magic, name in _REFUSED_MAGIC.items() if data.startswith(magic)), None)
+        if refused:
+            raise ImageLoadError(
+                "unsupported", f"{label}: {refused} is not decoded (it can run external programs)", label
+            ) from None
         fmt = _magic_format(data)
         if fmt and truncation_detail(data, fmt):  # the start says JPEG/PNG, the file just stops too early
             raise ImageLoadError("truncated", f"{label}: {fmt} cut off inside its header", label) from None
