@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- run
 def cmd_run(args) -> int:
     from dataflow.core.config import ConfigError, build_pipeline, load_config
-    from dataflow.core.pipeline import PipelineCompileError
+    from dataflow.core.pipeline import PipelineCompileError, PipelineResumeError
     from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
 
     config_path = Path(args.config)
@@ -143,7 +143,7 @@ def cmd_run(args) -> int:
                 raise _UserError(str(exc)) from None
         else:
             pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
-    except (CacheLockedError, CacheFolderError, StorageFormatError) as exc:
+    except (CacheLockedError, CacheFolderError, StorageFormatError, PipelineResumeError) as exc:
         raise _UserError(str(exc)) from None
     print_run_summary(pipeline)
     return 0

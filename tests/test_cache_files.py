@@ -119,3 +119,25 @@ def test_dangling_symlinks_and_loops_in_a_folder_are_rows_with_reasons(tmp_path)
     ImageMetadataEvaluator(num_workers=1).run(storage.step())
     reasons = dict(pd.DataFrame(storage.step().read("dict"))[["image", "image_error"]].itertuples(index=False))
     assert reasons == {"gone.jpg": "missing", "loop.jpg": "error"}
+
+
+def test_a_folder_input_with_an_unlistable_subfolder_is_an_error_not_a_silent_loss(tmp_path, monkeypatch):
+    """Run as root, chmod cannot make a folder unreadable; os.walk's own error report stands in for it."""
+    from dataflow.storage import StorageFormatError
+
+    images = tmp_path / "images"
+    (images / "locked").mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"x")
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):
+        for root, dirs, files in real_walk(top, onerror=onerror, **kw):
+            if root.endswith("locked") and onerror:
+                onerror(PermissionError(13, "Permission denied", root))
+                continue
+            yield root, dirs, files
+
+    monkeypatch.setattr(os, "walk", walk)
+    storage = FileStorage(images, cache_path=tmp_path / "cache")
+    with pytest.raises(StorageFormatError, match=r"cannot list 1 folder\(s\).*locked: Permission denied"):
+        storage.step().read()

@@ -162,3 +162,17 @@ def test_manifest_names_operator_params_and_keys(src, tmp_path):
     assert meta["operator"] == "AddColumn" and meta["params"] == {"factor": 7}
     assert meta["input_keys"] == {"input_key": "a"} and meta["output_keys"] == {"output_key": "b"}
     assert meta["new_columns"] == ["b"]
+
+
+def test_resume_step_beyond_the_written_steps_is_a_clear_error(src, tmp_path):
+    from dataflow.core.pipeline import PipelineResumeError
+
+    p = ThreeSteps(src, tmp_path / "c")
+    with pytest.raises(PipelineResumeError, match=r"step 2 was never written .*written: none"):
+        p.forward(resume_step=2)
+    p.compile().forward()
+    with pytest.raises(PipelineResumeError, match="the pipeline has 3 steps"):
+        p.forward(resume_step=5)
+    CALLS.clear()
+    p.forward(resume_step=2)
+    assert CALLS == [("DropOdd",)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dataflow.core.context import use_hook
 from dataflow.log import get_logger
@@ -17,6 +18,10 @@ from dataflow.storage.lock import CacheLock
 from dataflow.storage.manifest import fingerprint
 
 logger = get_logger("dataflow.pipeline")
+
+
+class PipelineResumeError(ValueError):
+    """``resume_step`` names steps that were never written."""
 
 
 class PipelineCompileError(ValueError):
@@ -116,6 +121,26 @@ class PipelineABC:
             done += 1
         return done
 
+    def check_resume_step(self, skip: int) -> int:
+        """``skip`` if the first ``skip`` steps can be skipped: their last one was written. Else a clear
+        ``PipelineResumeError`` now, rather than a missing-file error in the middle of the run."""
+        calls = self.compiled_calls
+        if skip < 0 or (calls and skip > len(calls)):
+            raise PipelineResumeError(f"resume_step={skip}: the pipeline has {len(calls)} steps")
+        if skip == 0:
+            return 0
+        storage, step = (calls[skip - 1].storage, calls[skip - 1].step + 1) if calls else (self._storages()[0], skip)
+        if not storage.step_path(step).exists():
+            written = sorted(
+                int(p.name.rsplit("_step", 1)[1].split(".")[0])
+                for p in Path(storage.cache_path).glob(f"{storage.file_name_prefix}_step*.meta.json")
+            )
+            raise PipelineResumeError(
+                f"resume_step={skip}: step {step} was never written to {storage.cache_path} "
+                f"(written: {', '.join(map(str, written)) or 'none'})"
+            )
+        return skip
+
     # ------------------------------------------------------------ helpers
     def _storages(self) -> list:
         return [v for v in vars(self).values() if hasattr(v, "step") and hasattr(v, "reset")]
@@ -169,7 +194,7 @@ def _wrap_forward(forward):
     def wrapper(self, *args, resume_step: int | None = None, resume: str | None = "auto", **kwargs):
         self._reset_storages()
         if resume_step is not None:
-            skip = int(resume_step)
+            skip = self.check_resume_step(int(resume_step))
         elif resume == "auto" and getattr(self, "_compiled_calls", None):
             skip = self.resumable_steps()
         else:

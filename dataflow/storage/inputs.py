@@ -56,11 +56,19 @@ def input_kind(path: str | os.PathLike) -> str:
 def iter_image_files(folder: str | os.PathLike):
     """Relative paths of images under ``folder``, sorted, hidden files and folders skipped, none opened."""
     folder = Path(folder)
-    for root, dirs, files in os.walk(folder):
+    unreadable: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable.append):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 yield os.path.relpath(os.path.join(root, name), folder)
+    if unreadable:  # its images would be missing without a word: refuse the listing instead
+        where = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise StorageFormatError(
+            f"cannot list {len(unreadable)} folder(s) under {folder} ({where}{more}); their images would be "
+            "left out: fix the permissions or move those folders out"
+        )
 
 
 def list_image_folder(folder: str | os.PathLike, image_key: str = "image") -> pd.DataFrame:

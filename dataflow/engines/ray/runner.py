@@ -517,7 +517,7 @@ def run_pipeline(
             for stale in Path(storage.cache_path).glob(f".{storage.file_name_prefix}_step0.staged-*"):
                 stale.unlink(missing_ok=True)
         if resume_step is not None:
-            skip = int(resume_step)
+            skip = pipeline.check_resume_step(int(resume_step))
         elif resume == "auto":
             skip = pipeline.resumable_steps()
         else:
