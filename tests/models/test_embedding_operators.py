@@ -197,3 +197,19 @@ def test_true_captions_beat_shuffled_ones_with_real_clip(tmp_path):
     df = storage.step().read()
     assert (df.true_score > df.fake_score).mean() > 0.9
     assert df.true_score.mean() > 0.25
+
+
+def test_an_extreme_strip_is_cut_to_its_centre_before_any_resize(tmp_path):
+    """A 1 x 30000 image through a model operator: bounded work, not a 6.7M-pixel-long resize."""
+    from PIL import Image
+
+    from dataflow.operators.core_vision._embedding import MAX_ASPECT, MODEL_SIDE, model_pixels
+
+    Image.new("RGB", (30000, 1), (200, 10, 10)).save(tmp_path / "strip.png")
+    Image.new("RGB", (10, 40000), (10, 200, 10)).save(tmp_path / "tall.png")
+    wide = model_pixels("strip.png", str(tmp_path), MODEL_SIDE, None)
+    tall = model_pixels("tall.png", str(tmp_path), MODEL_SIDE, None)
+    assert wide.shape == (1, MAX_ASPECT, 3) and tall.shape == (MAX_ASPECT * 10, 10, 3)
+    normal = Image.new("RGB", (640, 480), (1, 2, 3))
+    normal.save(tmp_path / "normal.png")
+    assert model_pixels("normal.png", str(tmp_path), MODEL_SIDE, None).shape == (256, 341, 3)

@@ -16,12 +16,27 @@ from dataflow.media import DEFAULT_MAX_PIXELS, load_image
 # Decoded images are shrunk in the worker so only small arrays cross the process boundary; the models
 # resize to 224 anyway (bicubic on the shorter side, then a centre crop).
 MODEL_SIDE = 256
+# The models see the central square of an image (resize the short side, centre-crop); beyond this aspect
+# ratio the long side is cut to it first, which leaves that square as it was and bounds every resize.
+MAX_ASPECT = 4
+
+
+def _centre_strip(img: Image.Image, length: int) -> Image.Image:
+    """The centred part of ``img`` whose long side is ``length``."""
+    w, h = img.size
+    if w >= h:
+        left = (w - length) // 2
+        return img.crop((left, 0, left + length, h))
+    top = (h - length) // 2
+    return img.crop((0, top, w, top + length))
 
 
 def model_pixels(source, base_dir: str, side: int, max_pixels: int | None) -> np.ndarray:
     """Decode upright RGB with its shorter side brought down to ``side`` (JPEG draft when possible)."""
     img = load_image(source, base_dir, draft_size=side, max_pixels=max_pixels)
     short = min(img.size)
+    if max(img.size) > MAX_ASPECT * short:  # a 1 x 30000 strip would become 224 x 6.7M pixels in the model
+        img = _centre_strip(img, MAX_ASPECT * short)
     if short > side:
         scale = side / short
         img = img.resize(
