@@ -53,7 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML file with 'storage' and 'steps'")
     run.add_argument("--resume-step", type=int, default=None, help="skip the first N steps (DataFlow style)")
     run.add_argument("--no-resume", action="store_true", help="rerun every step even if cached")
-    run.add_argument("--check", action="store_true", help="only validate the config and compile the pipeline")
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the config and compile the pipeline (imports no user operator unless --load-operators)",
+    )
+    run.add_argument(
+        "--load-operators",
+        action="store_true",
+        help="with --check: also import ./operators and DATAFLOW_OPERATORS_PATH (runs their code) to check them",
+    )
     run.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -114,14 +123,18 @@ def cmd_run(args) -> int:
     from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
 
     config_path = Path(args.config)
+    # User operators are Python code: a run imports them; --check only when asked (--load-operators).
+    user_operators = not args.check or args.load_operators
     try:
-        OPERATOR_REGISTRY.load_user_operators(
-            [config_path.resolve().parent.parent / "operators", config_path.resolve().parent / "operators"]
-        )
-        pipeline = build_pipeline(load_config(config_path), str(config_path))
+        if user_operators:
+            OPERATOR_REGISTRY.load_user_operators(
+                [config_path.resolve().parent.parent / "operators", config_path.resolve().parent / "operators"]
+            )
+        pipeline = build_pipeline(load_config(config_path), str(config_path), user_operators=user_operators)
         pipeline.compile()
     except (ConfigError, PipelineCompileError, OperatorImportError) as exc:
-        raise _UserError(str(exc)) from None
+        hint = "" if user_operators else "\n(--check imports no user operator: add --load-operators to check those too)"
+        raise _UserError(str(exc) + hint) from None
     if args.check:
         print(f"{config_path}: OK, {len(pipeline.compiled_calls)} steps")
         return 0

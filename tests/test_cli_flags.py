@@ -35,3 +35,53 @@ def test_dedup_refuses_a_cache_folder_another_run_holds(tmp_path, capsys):
     assert code == 2
     assert "is in use by another run" in capsys.readouterr().err
     assert not (tmp_path / "out" / "dedup_step1.jsonl").exists()
+
+
+MARKER_OP = """
+from pathlib import Path
+
+from dataflow.core import OperatorABC
+from dataflow.utils.registry import OPERATOR_REGISTRY
+
+Path("imported.marker").write_text("user code ran")
+
+
+@OPERATOR_REGISTRY.register()
+class MarkerEvaluator(OperatorABC):
+    '''Copies its input.'''
+
+    execution = "rowwise"
+
+    def run(self, storage, input_key: str = "x"):
+        storage.write(storage.read())
+"""
+
+CONFIG = """storage: {first_entry_file_name: in.jsonl, cache_path: ./cache}
+steps:
+  - operator: MarkerEvaluator
+    run: {input_key: x}
+"""
+
+
+def test_check_runs_no_user_code_unless_asked(tmp_path, monkeypatch, capsys):
+    from dataflow.core.registry import OPERATOR_REGISTRY
+
+    saved, loaded = dict(OPERATOR_REGISTRY._obj_map), set(OPERATOR_REGISTRY._loaded_paths)
+    (tmp_path / "operators").mkdir()
+    (tmp_path / "operators" / "marker.py").write_text(MARKER_OP)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["run", "cfg.yaml", "--check"]) == 2
+        err = capsys.readouterr().err
+        assert "no built-in operator named 'MarkerEvaluator'" in err and "--load-operators" in err
+        assert not (tmp_path / "imported.marker").exists()
+        assert main(["inspect", str(tmp_path)]) == 2  # no cache yet; and inspect imports nothing either
+        assert not (tmp_path / "imported.marker").exists()
+        assert main(["run", "cfg.yaml", "--check", "--load-operators"]) == 0
+        assert (tmp_path / "imported.marker").exists()
+    finally:
+        OPERATOR_REGISTRY._obj_map.clear()
+        OPERATOR_REGISTRY._obj_map.update(saved)
+        OPERATOR_REGISTRY._loaded_paths = loaded

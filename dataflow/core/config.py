@@ -70,7 +70,7 @@ def load_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def build_pipeline(config: dict, source: str = "<config>") -> ConfigPipeline:
+def build_pipeline(config: dict, source: str = "<config>", *, user_operators: bool = True) -> ConfigPipeline:
     """Check the whole config and build its pipeline, or raise one ``ConfigError`` listing every problem."""
     problems: list[str] = []
     for key in config:
@@ -88,7 +88,7 @@ def build_pipeline(config: dict, source: str = "<config>") -> ConfigPipeline:
     storage = _build_storage(storage_cfg, problems) if storage_cfg is not None else None
     steps = []
     for i, step in enumerate(steps_cfg, start=1):
-        built = _build_step(i, step, problems)
+        built = _build_step(i, step, problems, user_operators)
         if built:
             steps.append(built)
     if problems:
@@ -117,7 +117,7 @@ def _build_storage(cfg: dict, problems: list[str]) -> FileStorage | None:
         return None
 
 
-def _build_step(i: int, step: Any, problems: list[str]):
+def _build_step(i: int, step: Any, problems: list[str], user_operators: bool = True):
     where = f"step {i}"
     if not isinstance(step, dict) or "operator" not in step:
         problems.append(f"{where}: each step needs 'operator' (and optional 'params', 'run')")
@@ -127,7 +127,7 @@ def _build_step(i: int, step: Any, problems: list[str]):
             problems.append(f"{where}: unknown key {key!r}{_suggest(key, STEP_KEYS)}")
     name = str(step["operator"])
     try:
-        cls = OPERATOR_REGISTRY.get(name)
+        cls = OPERATOR_REGISTRY.get(name, user_operators=user_operators)
     except KeyError as exc:
         problems.append(f"{where}: {exc.args[0]}")
         return None

@@ -46,10 +46,17 @@ class Registry:
 
         return deco(obj) if obj is not None else deco
 
-    def get(self, name: str) -> type:
+    def get(self, name: str, *, user_operators: bool = True) -> type:
+        """The class registered as ``name``; user operator folders are imported only when ``user_operators``
+        and ``name`` is not a built-in (importing them runs their code)."""
         self.load_builtins()
-        if name not in self._obj_map:
+        if name not in self._obj_map and user_operators:
             self.load_user_operators()
+        if name not in self._obj_map and not user_operators:
+            raise KeyError(
+                f"no built-in operator named {name!r}; user operators (./operators, "
+                "DATAFLOW_OPERATORS_PATH) were not imported: their code runs only when asked"
+            )
         if name not in self._obj_map:
             hint = difflib.get_close_matches(name, self._obj_map, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
