@@ -72,9 +72,12 @@ class Registry:
         self.load_user_operators()
         return dict(sorted(self._obj_map.items()))
 
-    def for_command(self, command: str) -> type:
-        """The operator class that backs ``dataflow <command>`` (it declares ``cli_command = command``)."""
-        found = [cls for cls in self.get_obj_map().values() if getattr(cls, "cli_command", None) == command]
+    def for_command(self, command: str, *, user_operators: bool = False) -> type:
+        """The operator class that backs ``dataflow <command>`` (it declares ``cli_command = command``);
+        among the built-ins unless ``user_operators`` (a command runs no user code unasked)."""
+        self.load_builtins()
+        classes = self.get_obj_map().values() if user_operators else list(self._obj_map.values())
+        found = [cls for cls in classes if getattr(cls, "cli_command", None) == command]
         if len(found) != 1:
             names = ", ".join(c.__name__ for c in found) or "none"
             raise KeyError(
