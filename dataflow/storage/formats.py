@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import decimal
 import gc
 import json
 import math
@@ -29,7 +31,10 @@ import pyarrow.parquet as pq
 CACHE_TYPES = ("jsonl", "json", "csv", "parquet")
 INPUT_TYPES = CACHE_TYPES
 BYTES_TAG = "__bytes__"
-_BYTES_MARK = b'"__bytes__"'
+# Values JSON has no type for, written as one-key tagged objects and read back as themselves.
+DECIMAL_TAG = "__decimal__"
+TIMEDELTA_TAG = "__timedelta_ns__"
+_TAG_MARKS = tuple(f'"{t}"'.encode() for t in (BYTES_TAG, DECIMAL_TAG, TIMEDELTA_TAG))
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_BLOCK = 32 << 20  # JSON lines are parsed a block of whole lines at a time
 _WRITE_ROWS = 50_000  # at most this many rows encoded per block when writing JSON lines,
@@ -74,8 +79,8 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
         with _no_gc():
             raw = path.read_bytes()
             data = _loads(raw)
-            if _BYTES_MARK in raw:
-                data = _decode_bytes(data)
+            if _tagged(raw):
+                data = _decode_tags(data)
             if isinstance(data, dict):
                 data = [data]
             if not isinstance(data, list):
@@ -84,6 +89,7 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
     if kind == "csv":
         return pd.read_csv(path, keep_default_na=True), []
     if kind == "parquet":
+        _check_unique_names(pq.read_schema(path).names if path.is_file() else [], path)
         table = pq.read_table(path)
         # self_destruct frees each Arrow column once converted: the peak is ~one copy, not two.
         df = table.to_pandas(integer_object_nulls=True, self_destruct=True, split_blocks=True)
@@ -91,6 +97,17 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
         pa.default_memory_pool().release_unused()  # hand the decoder's scratch memory back to the OS
         return df, []
     raise StorageFormatError(f"cannot read {path}: unknown type {kind!r}")
+
+
+def _check_unique_names(names: list[str], path: Path) -> list[str]:
+    """``names``, or a clear error when two columns share one (rows would be matched to the wrong one)."""
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise StorageFormatError(
+            f"{path}: several columns are named {', '.join(map(repr, sorted(seen)))}; "
+            "rename them so that every column has its own name"
+        )
+    return names
 
 
 def read_columns(path: str | os.PathLike, kind: str, sample_rows: int = 100) -> list[str]:
@@ -101,7 +118,7 @@ def read_columns(path: str | os.PathLike, kind: str, sample_rows: int = 100) -> 
             import pyarrow.dataset as pads  # them as one table already: pq.read_table accepts a folder)
 
             return list(pads.dataset(path, format="parquet").schema.names)
-        return list(pq.read_schema(path).names)
+        return _check_unique_names(list(pq.read_schema(path).names), path)
     if kind == "csv":
         return list(pd.read_csv(path, nrows=0).columns)
     if kind == "jsonl":
@@ -130,7 +147,7 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
             data = fh.read(_READ_BLOCK)
             if not data:
                 break
-            tagged = tagged or _BYTES_MARK in data
+            tagged = tagged or _tagged(data)
             lines = data.split(b"\n")
             del data
             lines[0] = tail + lines[0]  # the line cut at the end of the previous block
@@ -200,23 +217,41 @@ def _loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
-def _decode_bytes(value: Any) -> Any:
-    """Turn ``{"__bytes__": base64}`` back into bytes, anywhere in a parsed JSON value."""
+def _tagged(data: bytes) -> bool:
+    return any(mark in data for mark in _TAG_MARKS)
+
+
+def _decode_tags(value: Any) -> Any:
+    """Turn the tagged objects (``{"__bytes__": base64}``, decimals, durations) back into their values."""
     if isinstance(value, dict):
-        if len(value) == 1 and BYTES_TAG in value and isinstance(value[BYTES_TAG], str):
-            try:
-                return base64.b64decode(value[BYTES_TAG], validate=True)
-            except binascii.Error:  # not our tag: a user's own dict stays as it is
-                return value
-        return {k: _decode_bytes(v) for k, v in value.items()}
+        if len(value) == 1:
+            ((key, inner),) = value.items()
+            decoded = _decode_tag(key, inner)
+            if decoded is not None:
+                return decoded
+        return {k: _decode_tags(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode_bytes(v) for v in value]
+        return [_decode_tags(v) for v in value]
     return value
+
+
+def _decode_tag(key: str, inner: Any) -> Any:
+    """The value a tagged object stands for, or None when it is not one of ours (a user's own dict)."""
+    try:
+        if key == BYTES_TAG and isinstance(inner, str):
+            return base64.b64decode(inner, validate=True)
+        if key == DECIMAL_TAG and isinstance(inner, str):
+            return decimal.Decimal(inner)
+        if key == TIMEDELTA_TAG and type(inner) is int:
+            return pd.Timedelta(inner, unit="ns")
+    except (binascii.Error, decimal.InvalidOperation):
+        return None
+    return None
 
 
 def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
     if tagged_bytes:
-        records = [_decode_bytes(r) for r in records]
+        records = [_decode_tags(r) for r in records]
     if not records:
         return pd.DataFrame()
     columns = None
@@ -370,6 +405,12 @@ def _has_inf(value: Any) -> bool:
 def _default(value: Any) -> Any:
     if value is pd.NA or value is pd.NaT:
         return None
+    if isinstance(value, (datetime.timedelta, np.timedelta64)):  # before np.generic: .item() gives bare ints
+        return {TIMEDELTA_TAG: int(pd.Timedelta(value).value)}
+    if isinstance(value, decimal.Decimal):  # a float would round it, a string would lose its type
+        return {DECIMAL_TAG: str(value)}
+    if isinstance(value, np.ndarray):  # object arrays (nested lists read from Parquet); orjson does the rest
+        return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (pd.Timestamp,)):
