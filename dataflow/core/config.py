@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import re
 import types
@@ -42,6 +43,12 @@ _SafeLoader.yaml_implicit_resolvers = {
 }
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# YAML 1.2 floats: `1e-3` and `2E+5` are numbers there (PyYAML's 1.1 rules want a dot and read a string).
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
 )
 
 
@@ -164,6 +171,9 @@ def _check_arguments(where: str, fn, given: dict, problems: list[str], skip: tup
         if key not in params:
             if not takes_any:
                 problems.append(f"{where}: unknown parameter {key!r}{_suggest(key, list(params))}")
+            continue
+        if isinstance(value, float) and math.isnan(value):  # `.nan` compares false with everything
+            problems.append(f"{where}: {key}=nan is not a usable value (every comparison with it is false)")
             continue
         hint = hints.get(key)
         if hint is not None and not _type_ok(value, hint):

@@ -44,6 +44,9 @@ class ScoreRangeFilter(RowFilter):
     )
 
     def __init__(self, min_score: float | None = None, max_score: float | None = None, keep_missing: bool = False):
+        for name, bound in (("min_score", min_score), ("max_score", max_score)):
+            if bound is not None and not (isinstance(bound, (int, float)) and bound == bound):
+                raise ValueError(f"{name} must be a number or None, got {bound!r}")
         if min_score is not None and max_score is not None and min_score > max_score:
             raise ValueError(f"min_score ({min_score}) is greater than max_score ({max_score})")
         self.min_score = min_score
