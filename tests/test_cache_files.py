@@ -13,7 +13,7 @@ import pytest
 
 from dataflow.core import OperatorABC
 from dataflow.media import ImageLoadError, load_image
-from dataflow.operators.core_vision import ImageMetadataEvaluator
+from dataflow.operators.core_vision import ImageMetadataEvaluator, ScoreRangeFilter
 from dataflow.pipeline import PipelineABC
 from dataflow.storage import StorageError
 from dataflow.storage.lock import CacheLock
@@ -141,3 +141,41 @@ def test_a_folder_input_with_an_unlistable_subfolder_is_an_error_not_a_silent_lo
     storage = FileStorage(images, cache_path=tmp_path / "cache")
     with pytest.raises(StorageFormatError, match=r"cannot list 1 folder\(s\).*locked: Permission denied"):
         storage.step().read()
+
+
+class Metadata(PipelineABC):
+    def __init__(self, src, cache):
+        self.storage = FileStorage(src, cache_path=cache)
+        self.op = ImageMetadataEvaluator(num_workers=1)
+        self.filter = ScoreRangeFilter(min_score=64)
+
+    def forward(self):
+        self.op.run(self.storage.step())
+        self.filter.run(self.storage.step(), input_score_key="width")
+
+
+def test_a_cache_folder_inside_the_image_folder_resumes(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, size in enumerate([(80, 60), (40, 30)]):
+        Image.new("RGB", size, (i * 50, 0, 0)).save(images / f"{i}.png")
+    Metadata(images, images / "cache").compile().forward()
+    assert Metadata(images, images / "cache").compile().resumable_steps() == 2
+
+
+def test_a_deleted_rejected_file_reruns_its_step(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, size in enumerate([(80, 60), (40, 30)]):
+        Image.new("RGB", size, (i * 50, 0, 0)).save(images / f"{i}.png")
+    Metadata(images, tmp_path / "cache").compile().forward()
+    storage = FileStorage(images, cache_path=tmp_path / "cache")
+    storage.rejected_path(2).unlink()
+    again = Metadata(images, tmp_path / "cache").compile()
+    assert again.resumable_steps() == 1
+    again.forward()
+    assert storage.read_rejected(2)["reason"].tolist() == ["below_min"]

@@ -116,7 +116,10 @@ class FileStorage:
 
     def step_is_complete(self, step: int, expected_fingerprint: str) -> bool:
         meta = self.manifest(step)
-        return bool(meta) and meta.get("fingerprint") == expected_fingerprint and self.step_path(step).exists()
+        if not meta or meta.get("fingerprint") != expected_fingerprint or not self.step_path(step).exists():
+            return False
+        # A step whose rejected rows were deleted is not complete: rerunning it writes them again.
+        return not meta.get("rejected_file") or self.rejected_path(step).exists()
 
     def begin(self, call: CallInfo) -> None:
         """An operator call opens the step it is about to write: its manifest names ``call``."""

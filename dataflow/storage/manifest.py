@@ -118,16 +118,18 @@ def path_fingerprint(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if path.is_dir():
+        # The files the step lists (images, hidden ones skipped), not the folder's other contents: a cache
+        # folder kept inside the image folder must not change the fingerprint of its own input.
+        from dataflow.storage.inputs import iter_image_files
+
         entries = []
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                try:
-                    st = os.stat(full)
-                except OSError:  # a dangling link or a loop: its row gets a reason; its link still counts
-                    st = os.lstat(full)
-                entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+        for rel in iter_image_files(path):
+            full = path / rel
+            try:
+                st = os.stat(full)
+            except OSError:  # a dangling link or a loop: its row gets a reason; its link still counts
+                st = os.lstat(full)
+            entries.append((rel, st.st_size, st.st_mtime_ns))
         return fingerprint("dir", str(path.resolve()), entries)
     st = path.stat()
     return fingerprint("file", str(path.resolve()), st.st_size, st.st_mtime_ns)
