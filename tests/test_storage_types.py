@@ -52,3 +52,61 @@ def test_a_parquet_input_with_two_columns_of_one_name_is_refused(tmp_path):
         storage.step().read()
     with pytest.raises(StorageFormatError, match="several columns are named 'x'"):
         storage.read_columns(0)
+
+
+BIG = 123456789012345678901234567890
+
+
+def test_a_30_digit_integer_stays_an_exact_integer_in_json_and_is_refused_by_parquet(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(f'{{"id": {BIG}, "image": "a.jpg", "w": 1.5}}\n{{"id": 7, "image": "b.jpg", "w": 2.5}}\n')
+    storage = FileStorage(src, cache_path=tmp_path / "cache")
+    step = storage.step()
+    df = step.read()
+    assert df["id"].tolist() == [BIG, 7] and type(df["id"].tolist()[0]) is int
+    step.write(df)
+    assert storage.step().read()["id"].tolist() == [BIG, 7]
+    parquet = FileStorage(src, cache_path=tmp_path / "pq", cache_type="parquet").step()
+    with pytest.raises(StorageFormatError, match="integers beyond 64 bits"):
+        parquet.write(parquet.read())
+
+
+def test_rows_no_step_could_write_again_are_malformed_rows(tmp_path):
+    """Lone surrogates and nesting beyond any parser's limit: recorded as malformed (or a clear error)."""
+    from dataflow.storage import MalformedRowError
+
+    src = tmp_path / "in.jsonl"
+    deep = "[" * 3000 + "]" * 3000
+    lines = [b'{"image": "\\ud800.jpg"}', f'{{"image": "a.jpg", "x": {deep}}}'.encode(), b'{"image": "ok.jpg"}']
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    storage = FileStorage(src, cache_path=tmp_path / "cache", skip_malformed_rows=True)
+    step = storage.step()
+    df = step.read()
+    assert df["image"].tolist() == ["ok.jpg"]
+    step.write(df)
+    rejected = storage.read_rejected(1)
+    assert rejected["reason"].tolist() == ["malformed_row", "malformed_row"]
+    assert "lone surrogate" in rejected["detail"][0] and "deeper than 255" in rejected["detail"][1]
+    with pytest.raises(MalformedRowError, match="line 1"):
+        FileStorage(src, cache_path=tmp_path / "strict").step().read()
+
+
+def test_a_row_read_but_too_deep_to_write_is_a_clear_error(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"image": "a.jpg", "x": ' + "[" * 600 + "]" * 600 + "}\n")
+    step = FileStorage(src, cache_path=tmp_path / "cache").step()
+    with pytest.raises(StorageFormatError, match="nests lists or objects too deep"):
+        step.write(step.read())
+
+
+def test_a_folder_with_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    try:
+        open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb").close()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with pytest.raises(StorageFormatError, match="not valid UTF-8"):
+        FileStorage(folder, cache_path=tmp_path / "cache").step().read()

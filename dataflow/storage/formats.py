@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -173,6 +174,8 @@ def _parse_lines(
         rows = list(map(orjson.loads, lines))  # fast path: every line a JSON value, no blank lines
     except orjson.JSONDecodeError:
         rows = None
+    if rows is not None and any(map(_LONG_DIGITS.search, lines)):
+        rows = None  # an integer beyond 64 bits: the slow path reads those lines exactly
     if rows is not None and set(map(type, rows)) <= {dict}:
         records.extend(rows)
         return line_no + len(lines)
@@ -209,12 +212,51 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+# orjson reads an integer beyond 64 bits as a float, silently; such a line is left to the stdlib. (An
+# integer token of 20 or more digits: not the digits of a float such as 0.00042904159717815915.)
+_LONG_DIGITS = re.compile(rb"(?:^|[\[:,\s])-?[0-9]{20,}(?=[\s,\]}]|$)")
+
+
 def _loads(data: bytes | str) -> Any:
+    if isinstance(data, bytes) and _LONG_DIGITS.search(data):
+        return _stdlib_loads(data)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        # orjson rejects the NaN / Infinity tokens our slow writer uses for non-finite floats.
-        return json.loads(data)
+        # orjson rejects the NaN / Infinity tokens our slow writer uses for non-finite floats, lone
+        # surrogates and deep nesting; the stdlib reads most of them, so what no later step could write
+        # again is refused here.
+        return _stdlib_loads(data)
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_storable(value)
+    return value
+
+
+MAX_DEPTH = 255  # orjson's limit, and far beyond any real row
+
+
+def _check_storable(value: Any) -> None:
+    """Raise ``ValueError`` for text with lone surrogates or nesting deeper than ``MAX_DEPTH``."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"text with a lone surrogate: {item.encode('utf-8', 'replace')[:60]!r}") from None
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in (*item.keys(), *item.values()))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _tagged(data: bytes) -> bool:
@@ -263,9 +305,10 @@ def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
     df = pd.DataFrame.from_records(records, columns=columns)
     for col in df.columns:
         # pandas turns [1, None] into [1.0, nan]; keep integers integers.
-        if df[col].dtype == np.float64 and df[col].isna().any():
+        if df[col].dtype == np.float64:  # ints with nulls, or beyond 64 bits, became floats
             raw = [r.get(col) for r in records]
-            if all(type(v) is int for v in raw if v is not None):
+            ints = [v for v in raw if v is not None]
+            if ints and all(type(v) is int for v in ints):
                 df[col] = pd.Series(raw, dtype=object, index=df.index)
     return df
 
@@ -275,6 +318,18 @@ def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
     """Write ``df`` to ``path`` (the caller makes it atomic)."""
+    try:
+        _write_table(df, path, kind)
+    except RecursionError:
+        raise StorageFormatError(
+            f"a row nests lists or objects too deep to be written to {Path(path).name} (more than about "
+            f"{MAX_DEPTH} levels); flatten that column first"
+        ) from None
+    except orjson.JSONEncodeError as exc:
+        raise StorageFormatError(f"cannot write {Path(path).name}: {exc}") from None
+
+
+def _write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
     if kind == "jsonl":
         _write_jsonl(df, path)
     elif kind == "json":
@@ -322,7 +377,13 @@ def _encode_rows(df: pd.DataFrame) -> list[bytes]:
     if _has_infinity(df):
         # orjson writes inf as null; the stdlib writes the Infinity token that our reader accepts.
         return [json.dumps(_plain(r), allow_nan=True, ensure_ascii=False).encode() for r in records]
-    return list(map(partial(orjson.dumps, default=_default, option=_ORJSON_OPTS), records))
+    try:
+        return list(map(partial(orjson.dumps, default=_default, option=_ORJSON_OPTS), records))
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        # An integer beyond 64 bits (a 30-digit id): the stdlib writes it exactly.
+        return [json.dumps(_plain(r), allow_nan=True, ensure_ascii=False).encode() for r in records]
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -468,6 +529,11 @@ def _column_to_arrow(s: pd.Series, name: str) -> pa.Array:
                 return fixed
     try:
         return pa.array(s, from_pandas=True)
+    except OverflowError:
+        raise StorageFormatError(
+            f"column {name!r} holds integers beyond 64 bits, which Parquet cannot store exactly; "
+            "use cache_type='jsonl' (or store them as text)"
+        ) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise StorageFormatError(
             f"column {name!r} mixes types that Parquet cannot hold in one column "

@@ -57,11 +57,22 @@ def iter_image_files(folder: str | os.PathLike):
     """Relative paths of images under ``folder``, sorted, hidden files and folders skipped, none opened."""
     folder = Path(folder)
     unreadable: list[OSError] = []
+    undecodable: list[str] = []
     for root, dirs, files in os.walk(folder, onerror=unreadable.append):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                yield os.path.relpath(os.path.join(root, name), folder)
+                path = os.path.relpath(os.path.join(root, name), folder)
+                if _utf8(path):
+                    yield path
+                else:
+                    undecodable.append(path)
+    if undecodable:  # a name no cache file can hold: the row could not be written, so say so up front
+        shown = ", ".join(repr(os.fsencode(p)) for p in undecodable[:3])
+        raise StorageFormatError(
+            f"{len(undecodable)} image file name(s) under {folder} are not valid UTF-8 (e.g. {shown}); rename "
+            "them to UTF-8 (for example with convmv) so that their rows can be stored"
+        )
     if unreadable:  # its images would be missing without a word: refuse the listing instead
         where = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:5])
         more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
@@ -69,6 +80,14 @@ def iter_image_files(folder: str | os.PathLike):
             f"cannot list {len(unreadable)} folder(s) under {folder} ({where}{more}); their images would be "
             "left out: fix the permissions or move those folders out"
         )
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk hands undecodable bytes back as lone surrogates
+        return False
+    return True
 
 
 def list_image_folder(folder: str | os.PathLike, image_key: str = "image") -> pd.DataFrame:
