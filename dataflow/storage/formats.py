@@ -149,14 +149,16 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
             if not data:
                 break
             tagged = tagged or _tagged(data)
+            long_ints = _LONG_DIGITS.search(data) is not None  # one scan of the block, not one per line
             lines = data.split(b"\n")
             del data
             lines[0] = tail + lines[0]  # the line cut at the end of the previous block
+            long_ints = long_ints or (bool(tail) and _LONG_DIGITS.search(lines[0]) is not None)  # cut digits
             tail = lines.pop()  # the piece after the last line end: completed by the next block
             if lines:
-                line_no = _parse_lines(lines, line_no, records, bad, path, skip_malformed)
+                line_no = _parse_lines(lines, line_no, records, bad, path, skip_malformed, long_ints=long_ints)
         if tail:
-            _parse_lines([tail], line_no, records, bad, path, skip_malformed, terminated=False)
+            _parse_lines([tail], line_no, records, bad, path, skip_malformed, terminated=False, long_ints=True)
         return _frame(records, tagged), bad
 
 
@@ -168,14 +170,15 @@ def _parse_lines(
     path: Path,
     skip_malformed: bool,
     terminated: bool = True,
+    long_ints: bool = False,
 ) -> int:
     """Parse one block of lines into ``records``; returns the number of lines seen so far."""
     try:
         rows = list(map(orjson.loads, lines))  # fast path: every line a JSON value, no blank lines
     except orjson.JSONDecodeError:
         rows = None
-    if rows is not None and any(map(_LONG_DIGITS.search, lines)):
-        rows = None  # an integer beyond 64 bits: the slow path reads those lines exactly
+    if rows is not None and long_ints:
+        rows = None  # an integer beyond 64 bits somewhere in the block: the slow path reads it exactly
     if rows is not None and set(map(type, rows)) <= {dict}:
         records.extend(rows)
         return line_no + len(lines)
