@@ -14,7 +14,6 @@ import gc
 import json
 import math
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -35,7 +34,7 @@ BYTES_TAG = "__bytes__"
 # Values JSON has no type for, written as one-key tagged objects and read back as themselves.
 DECIMAL_TAG = "__decimal__"
 TIMEDELTA_TAG = "__timedelta_ns__"
-_TAG_MARKS = tuple(f'"{t}"'.encode() for t in (BYTES_TAG, DECIMAL_TAG, TIMEDELTA_TAG))
+_TAG_PREFIX = b'"__'  # what every tag above starts with
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_BLOCK = 32 << 20  # JSON lines are parsed a block of whole lines at a time
 _WRITE_ROWS = 50_000  # at most this many rows encoded per block when writing JSON lines,
@@ -139,6 +138,7 @@ def read_columns(path: str | os.PathLike, kind: str, sample_rows: int = 100) -> 
 
 def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[dict]]:
     records: list[dict] = []
+    record_lines: list[int] = []  # the line number of each record
     bad: list[dict] = []
     line_no = 0  # lines before the current block
     tagged = False
@@ -149,17 +149,25 @@ def _read_jsonl(path: Path, skip_malformed: bool) -> tuple[pd.DataFrame, list[di
             if not data:
                 break
             tagged = tagged or _tagged(data)
-            long_ints = _LONG_DIGITS.search(data) is not None  # one scan of the block, not one per line
             lines = data.split(b"\n")
             del data
             lines[0] = tail + lines[0]  # the line cut at the end of the previous block
-            long_ints = long_ints or (bool(tail) and _LONG_DIGITS.search(lines[0]) is not None)  # cut digits
             tail = lines.pop()  # the piece after the last line end: completed by the next block
             if lines:
-                line_no = _parse_lines(lines, line_no, records, bad, path, skip_malformed, long_ints=long_ints)
+                line_no = _parse_lines(lines, line_no, records, bad, path, skip_malformed, record_lines)
         if tail:
-            _parse_lines([tail], line_no, records, bad, path, skip_malformed, terminated=False, long_ints=True)
-        return _frame(records, tagged), bad
+            _parse_lines([tail], line_no, records, bad, path, skip_malformed, record_lines, terminated=False)
+    df = _frame(records, tagged)
+    suspects = _float_ints(df)
+    if not len(suspects):
+        return df, bad
+    # orjson reads integers beyond 64 bits as floats without a word: read those lines again, exactly.
+    wanted = {record_lines[i]: i for i in suspects}
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number in wanted:
+                records[wanted[number]] = _stdlib_loads(line)
+    return _frame(records, tagged, exact_ints=True), bad
 
 
 def _parse_lines(
@@ -169,18 +177,17 @@ def _parse_lines(
     bad: list[dict],
     path: Path,
     skip_malformed: bool,
+    record_lines: list[int],
     terminated: bool = True,
-    long_ints: bool = False,
 ) -> int:
     """Parse one block of lines into ``records``; returns the number of lines seen so far."""
     try:
         rows = list(map(orjson.loads, lines))  # fast path: every line a JSON value, no blank lines
     except orjson.JSONDecodeError:
         rows = None
-    if rows is not None and long_ints:
-        rows = None  # an integer beyond 64 bits somewhere in the block: the slow path reads it exactly
     if rows is not None and set(map(type, rows)) <= {dict}:
         records.extend(rows)
+        record_lines.extend(range(line_no + 1, line_no + 1 + len(lines)))
         return line_no + len(lines)
     # Slow path (blank or malformed lines, the Infinity token): line by line, naming the bad ones.
     end = b"\n" if terminated else b""
@@ -199,6 +206,7 @@ def _parse_lines(
             )
             continue
         records.append(row)
+        record_lines.append(offset)
     return line_no + len(lines)
 
 
@@ -215,14 +223,19 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-# orjson reads an integer beyond 64 bits as a float, silently; such a line is left to the stdlib. (An
-# integer token of 20 or more digits: not the digits of a float such as 0.00042904159717815915.)
-_LONG_DIGITS = re.compile(rb"(?:^|[\[:,\s])-?[0-9]{20,}(?=[\s,\]}]|$)")
+def _float_ints(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose float column holds an integral value of 2**63 or more: where orjson read an integer
+    beyond 64 bits (a 30-digit id) as a float. Vectorised, so the common case costs one pass per column."""
+    hits = np.zeros(len(df), dtype=bool)
+    for col in df.columns:
+        values = df[col].to_numpy()
+        if values.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                hits |= (np.abs(values) >= 2.0**63) & (values == np.floor(values))
+    return np.flatnonzero(hits)
 
 
 def _loads(data: bytes | str) -> Any:
-    if isinstance(data, bytes) and _LONG_DIGITS.search(data):
-        return _stdlib_loads(data)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -263,7 +276,8 @@ def _check_storable(value: Any) -> None:
 
 
 def _tagged(data: bytes) -> bool:
-    return any(mark in data for mark in _TAG_MARKS)
+    """Might ``data`` hold a tagged value? One scan for what every tag starts with (``"__``)."""
+    return _TAG_PREFIX in data
 
 
 def _decode_tags(value: Any) -> Any:
@@ -294,7 +308,7 @@ def _decode_tag(key: str, inner: Any) -> Any:
     return None
 
 
-def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
+def _frame(records: list[dict], tagged_bytes: bool = False, exact_ints: bool = False) -> pd.DataFrame:
     if tagged_bytes:
         records = [_decode_tags(r) for r in records]
     if not records:
@@ -308,7 +322,8 @@ def _frame(records: list[dict], tagged_bytes: bool = False) -> pd.DataFrame:
     df = pd.DataFrame.from_records(records, columns=columns)
     for col in df.columns:
         # pandas turns [1, None] into [1.0, nan]; keep integers integers.
-        if df[col].dtype == np.float64:  # ints with nulls, or beyond 64 bits, became floats
+        # ints with nulls (or, with ``exact_ints``, beyond 64 bits) became floats
+        if df[col].dtype == np.float64 and (exact_ints or df[col].isna().any()):
             raw = [r.get(col) for r in records]
             ints = [v for v in raw if v is not None]
             if ints and all(type(v) is int for v in ints):
