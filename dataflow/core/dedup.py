@@ -27,6 +27,7 @@ from dataflow.core.images import concat_rejected, rejected_unreadable
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
 from dataflow.media import image_info
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 SEARCHES = ("exact", "hamming", "cosine")
 KEEP_HELP = "keep='first' (row order), 'largest' (most pixels) or a column name (highest value wins)"
@@ -198,7 +199,7 @@ class DedupFilter(OperatorABC):
     def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Kept rows (group columns, best score) and dropped rows (reason, duplicate_of, weight, group)."""
         keep = np.asarray(decided.keep, dtype=bool)
-        kept, dups = good[keep].copy(), good[~keep].copy()
+        kept, dups = good[keep].copy(), keep_user_columns(good[~keep].copy(), PROVENANCE_COLUMNS)
         group_key = keys.get(self.group_key) if self.group_key else None
         if group_key:
             kept[group_key] = decided.group[keep]

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dataflow.core.parallel import ItemResult
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 ERROR_COLUMN = "image_error"
 
@@ -26,7 +27,7 @@ def errors_of(results: list[ItemResult]) -> pd.Series:
 def rejected_unreadable(df: pd.DataFrame, results: list[ItemResult]) -> tuple[pd.Series, pd.DataFrame]:
     """Boolean mask of readable rows, and the unreadable rows with their reason code and detail."""
     bad = pd.Series(np.array([r.error is not None for r in results], dtype=bool), index=df.index)  # bool at 0 rows
-    rejected = df[bad].copy()
+    rejected = keep_user_columns(df[bad].copy(), PROVENANCE_COLUMNS)
     rejected["reason"] = [r.error for r in results if r.error is not None]
     rejected["detail"] = [r.detail for r in results if r.error is not None]
     return ~bad, rejected

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from dataflow.core.operator import OperatorABC
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Verdict:
 
     def split(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         dropped = ~self.kept
-        rejected = df[dropped].copy()
+        rejected = keep_user_columns(df[dropped].copy(), PROVENANCE_COLUMNS)
         rejected["reason"] = self.reason[dropped]
         if self.detail is not None:
             rejected["detail"] = self.detail[dropped]

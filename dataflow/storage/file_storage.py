@@ -24,6 +24,7 @@ from dataflow.storage.manifest import (
     step_manifest,
     write_manifest,
 )
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 __all__ = ["CallInfo", "FileStorage", "StorageError"]
 
@@ -287,6 +288,7 @@ def disappeared_rows(
         gone = pd.DataFrame([row for row in read_dicts if id(row) not in kept])
     else:
         return pd.DataFrame()
+    gone = keep_user_columns(gone, PROVENANCE_COLUMNS)
     gone["reason"] = reason
     gone["detail"] = f"not in the rows {operator} wrote"
     return gone.reset_index(drop=True)

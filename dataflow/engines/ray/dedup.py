@@ -41,6 +41,7 @@ from dataflow.engines.ray.io import ROW_ID, Slice, read_slice
 from dataflow.engines.ray.rowwise import SliceJob, dumps, loads, write_outputs
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import read_table, write_table
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, user_column_name
 
 if TYPE_CHECKING:
     from dataflow.engines.ray.runner import StepRun
@@ -225,7 +226,7 @@ def _align(frame: pd.DataFrame, columns: list[str], promote: tuple[str, ...] = (
 def _unreadable(df: pd.DataFrame, side: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """The readable-row mask and the unreadable rows with reason and detail (``rejected_unreadable``)."""
     ok = side["ok"].to_numpy(dtype=bool)
-    rejected = df[~ok].copy()
+    rejected = keep_user_columns(df[~ok].copy(), PROVENANCE_COLUMNS)
     rejected["reason"] = side["err"].to_numpy()[~ok].tolist()
     rejected["detail"] = side["detail"].to_numpy()[~ok].tolist()
     return ok, rejected
@@ -433,7 +434,7 @@ def _rejected_columns(
 ) -> tuple[list[str], list[str]]:
     """The columns of the local engine's ``concat(unreadable, dups)`` (empty frames left out), and the
     duplicate columns that concatenation fills with nulls for unreadable rows (so promotes)."""
-    cols = list(input_columns) + ["reason"]
+    cols = [user_column_name(c, input_columns) for c in input_columns] + ["reason"]
     if any_unreadable:
         cols.append("detail")
     extra = [c for c in dup_columns if c not in cols]
