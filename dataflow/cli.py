@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --engine ray: the Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)",
     )
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(func=cmd_run)
 
     ops = sub.add_parser("ops", help="list registered operators")
@@ -87,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("cache_dir")
     ins.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
     ins.add_argument("--step", type=int, help="print rows of this step")
-    ins.add_argument("--head", type=int, default=5, help="how many rows to print (default 5)")
+    ins.add_argument("--head", type=_head, default=5, help="how many rows to print, or 'all' (default 5)")
+    ins.add_argument("--columns", help="comma-separated columns to print (default: all)")
     ins.add_argument("--rejected", action="store_true", help="print the step's rejected rows")
+    ins.add_argument("--json", action="store_true", help="the step manifests (no --step) as one JSON list")
     ins.set_defaults(func=cmd_inspect)
 
     dd = sub.add_parser("dedup", help="near-duplicate removal of a folder in one line (like imagededup)")
@@ -158,18 +162,61 @@ def cmd_run(args) -> int:
             pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
     except (CacheLockedError, CacheFolderError, StorageFormatError, PipelineResumeError) as exc:
         raise _UserError(str(exc)) from None
-    print_run_summary(pipeline)
+    print_run_summary(pipeline, as_json=args.json)
     return 0
 
 
-def print_run_summary(pipeline) -> None:
+def print_run_summary(pipeline, as_json: bool = False) -> None:
     """The step table of a finished pipeline and where its result and rejected rows are."""
     storage = pipeline.storage
     last = len(pipeline.compiled_calls)
+    if as_json:
+        manifests = load_manifests(Path(storage.cache_path), storage.file_name_prefix)
+        steps = [
+            {
+                k: m.get(k)
+                for k in (
+                    "step",
+                    "operator",
+                    "rows_in",
+                    "rows_out",
+                    "rows_rejected",
+                    "rejected_reasons",
+                    "seconds",
+                    "new_columns",
+                    "file",
+                    "rejected_file",
+                )
+            }
+            for m in manifests.values()
+            if m.get("step", 0) <= last
+        ]
+        print(
+            json.dumps(
+                {
+                    "cache_path": str(Path(storage.cache_path).resolve()),
+                    "steps": steps,
+                    "result": str(Path(storage.step_path(last)).resolve()),
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
     print(format_steps(storage.cache_path, storage.file_name_prefix))
     print(f"\nresult:   {Path(storage.step_path(last)).resolve()}")
     print(f"rejected: {Path(storage.cache_path).resolve()}/{storage.file_name_prefix}_step*.rejected.jsonl")
-    print(f"look:     dataflow inspect {storage.cache_path} --step {last} --head 5")
+    print(f"look:     {dataflow_command()} inspect {storage.cache_path} --step {last} --head 5")
+
+
+def dataflow_command() -> str:
+    """How to call ``dataflow`` from here: the bare name when it is on PATH, else this environment's script
+    (``make demo`` runs from a virtual environment nobody activated)."""
+    script = Path(sys.executable).parent / "dataflow"
+    on_path = shutil.which("dataflow")
+    if on_path and (not script.exists() or Path(on_path).resolve() == script.resolve()):
+        return "dataflow"
+    return str(script) if script.exists() else f"{sys.executable} -m dataflow"
 
 
 # ---------------------------------------------------------------- ops
@@ -213,7 +260,10 @@ def cmd_inspect(args) -> int:
         raise _UserError(f"no such cache folder: {cache}")
     prefix = args.prefix or _only_prefix(cache)
     if args.step is None:
-        print(format_steps(cache, prefix))
+        if args.json:
+            print(json.dumps(list(load_manifests(cache, prefix).values()), ensure_ascii=False, indent=2))
+        else:
+            print(format_steps(cache, prefix))
         return 0
     manifest = load_manifests(cache, prefix).get(args.step)
     if manifest is None:
@@ -228,10 +278,33 @@ def cmd_inspect(args) -> int:
         df = read_table(path, "jsonl")[0]
     else:
         df = read_table(cache / manifest["file"], manifest["cache_type"])[0]
-    for row in df.head(args.head).to_dict("records"):
+    if args.columns:
+        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in df.columns]
+        if missing:
+            raise _UserError(
+                f"no column {', '.join(map(repr, missing))} in step {args.step} "
+                f"(columns: {', '.join(map(str, df.columns))})"
+            )
+        df = df[wanted]
+    head = len(df) if args.head is None else args.head
+    for row in df.head(head).to_dict("records"):
         print(dumps_row(row))
-    print(f"({min(args.head, len(df))} of {len(df)} rows)", file=sys.stderr)
+    print(f"({min(head, len(df))} of {len(df)} rows)", file=sys.stderr)
     return 0
+
+
+def _head(value: str) -> int | None:
+    """``--head N`` or ``--head all`` (None: every row)."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'all', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of rows >= 0 or 'all', got {value!r}")
+    return n
 
 
 # ---------------------------------------------------------------- dedup

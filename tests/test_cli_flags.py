@@ -85,3 +85,44 @@ def test_check_runs_no_user_code_unless_asked(tmp_path, monkeypatch, capsys):
         OPERATOR_REGISTRY._obj_map.clear()
         OPERATOR_REGISTRY._obj_map.update(saved)
         OPERATOR_REGISTRY._loaded_paths = loaded
+
+
+def test_run_json_and_inspect_head_all_columns_json(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(REPO)
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text((REPO / "configs" / "demo.yaml").read_text().replace("./cache_demo_yaml", str(tmp_path / "c")))
+    assert main(["-q", "run", str(cfg), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [s["step"] for s in summary["steps"]] == list(range(1, len(summary["steps"]) + 1))
+    assert all(s["rows_in"] == s["rows_out"] + s["rows_rejected"] for s in summary["steps"])
+    last = summary["steps"][-1]
+    assert summary["result"].endswith(last["file"])
+
+    assert main(["inspect", str(tmp_path / "c"), "--json"]) == 0
+    assert [m["step"] for m in json.loads(capsys.readouterr().out)] == [s["step"] for s in summary["steps"]]
+    assert (
+        main(["inspect", str(tmp_path / "c"), "--step", str(last["step"]), "--head", "all", "--columns", "image"]) == 0
+    )
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert len(rows) == last["rows_out"] and all(list(r) == ["image"] for r in rows)
+    assert f"({last['rows_out']} of {last['rows_out']} rows)" in out.err
+    assert main(["inspect", str(tmp_path / "c"), "--step", "1", "--columns", "nope"]) == 2
+    assert "no column 'nope'" in capsys.readouterr().err
+
+
+def test_the_printed_inspect_command_runs_as_printed(monkeypatch):
+    """After `make demo` nobody activated the venv: the command printed must still run as printed."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from dataflow.cli import dataflow_command
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # `dataflow` is not on PATH
+    printed = dataflow_command()
+    assert printed != "dataflow"
+    done = subprocess.run([*shlex.split(printed), "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("dataflow"), (printed, done.stderr)
