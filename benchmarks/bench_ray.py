@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if importlib.util.find_spec("ray") is None:
-        print("Ray is not installed: pip install 'dataflow[ray]'", file=sys.stderr)
+        print("Ray is not installed: pip install 'dataflow-curate[ray]'", file=sys.stderr)
         return 2
     import ray
 

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["local", "ray"],
         default="local",
-        help="run in this process (local, default) or on Ray Data (ray; pip install 'dataflow[ray]')",
+        help="run in this process (local, default) or on Ray Data (ray; pip install 'dataflow-curate[ray]')",
     )
     run.add_argument(
         "--address",

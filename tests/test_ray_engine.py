@@ -2,7 +2,7 @@
 
 One local Ray (2 CPUs) serves the whole module. Every pipeline runs twice, on the local engine and on
 Ray, into two Parquet caches; kept rows, rejected rows (reasons, ``duplicate_of``, distances), and
-manifests must be identical step by step. Skipped when Ray is not installed (``pip install 'dataflow[ray]'``).
+manifests must be identical step by step. Skipped when Ray is not installed (``pip install 'dataflow-curate[ray]'``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ except ImportError:  # the tests that need Ray skip; the one about the missing-R
     ray = None
 
 needs_ray = pytest.mark.skipif(
-    ray is None, reason="Ray is not installed: pip install 'dataflow[ray]' to run the Ray engine tests"
+    ray is None, reason="Ray is not installed: pip install 'dataflow-curate[ray]' to run the Ray engine tests"
 )
 
 
@@ -52,7 +52,7 @@ needs_ray = pytest.mark.skipif(
 def local_ray():
     """One local Ray with 2 CPUs for the whole module, shut down after it."""
     if ray is None:
-        pytest.skip("Ray is not installed: pip install 'dataflow[ray]'")
+        pytest.skip("Ray is not installed: pip install 'dataflow-curate[ray]'")
     os.environ.setdefault("DATAFLOW_PROGRESS", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     yield ray
@@ -400,7 +400,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     from dataflow.engines.ray import RayNotInstalledError, run_pipeline
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if not installed
-    with pytest.raises(RayNotInstalledError, match=r"pip install 'dataflow\[ray\]'"):
+    with pytest.raises(RayNotInstalledError, match=r"pip install 'dataflow-curate\[ray\]'"):
         run_pipeline(PhotoPipeline(REPO / "example_data" / "images.jsonl", tmp_path))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -411,7 +411,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     with redirect_stdout(io.StringIO()):
         monkeypatch.setattr(sys, "stderr", stderr)
         assert main(["run", str(cfg), "--engine", "ray"]) == 2
-    assert "pip install 'dataflow[ray]'" in stderr.getvalue()
+    assert "pip install 'dataflow-curate[ray]'" in stderr.getvalue()
 
 
 @pytest.mark.parametrize("t, partitions", [(0, 8), (3, 8), (6, 1), (10, 8), (10, 64), (20, 16)])

@@ -38,7 +38,7 @@ except ImportError:
 def local_ray():
     """One local Ray with 2 CPUs for the module, shut down after it."""
     if ray is None:
-        pytest.skip("Ray is not installed: pip install 'dataflow[ray]'")
+        pytest.skip("Ray is not installed: pip install 'dataflow-curate[ray]'")
     os.environ.setdefault("DATAFLOW_PROGRESS", "0")
     started = not ray.is_initialized()
     if started:

@@ -39,6 +39,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+import dataflow
+
 __all__ = [
     "CosineSearchResult",
     "find_similar_pairs",
@@ -415,7 +417,7 @@ def _make_scorer(vectors: np.ndarray, max_norm: float, backend: Backend):
         return _NumpyFp32Scorer(vectors, max_norm)
     if importlib.util.find_spec("torch") is None:
         if backend == "torch":
-            raise ImportError("backend='torch' needs torch: pip install 'dataflow[clip]'")
+            raise ImportError(f"backend='torch' needs torch: {dataflow.install_hint('clip')}")
         return _NumpyFp32Scorer(vectors, max_norm)
     if not _torch_bf16_accumulates_in_fp32():
         warnings.warn(

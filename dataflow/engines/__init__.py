@@ -2,7 +2,7 @@
 
 ``local`` is ``pipeline.forward()``; ``ray`` runs the compiled calls on Ray Data
 (:func:`dataflow.engines.ray.run_pipeline`, ``dataflow run CONFIG --engine ray``). Ray is imported
-only when the Ray engine runs (``pip install 'dataflow[ray]'``).
+only when the Ray engine runs (``pip install 'dataflow-curate[ray]'``).
 """
 
 from __future__ import annotations

