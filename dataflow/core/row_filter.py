@@ -19,7 +19,11 @@ from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 @dataclass
 class Verdict:
-    """Per row: ``reason`` (object array, None keeps the row), ``detail``, and columns for rejected rows."""
+    """Per row: ``reason`` (object array, None keeps the row), ``detail``, and columns for rejected rows.
+
+    A ``columns`` value is one value for every rejected row, or a function of the rejected rows' positions
+    giving one value each (so nothing is computed for the rows that are kept).
+    """
 
     reason: np.ndarray
     detail: np.ndarray | None = None
@@ -42,7 +46,7 @@ class Verdict:
 
     @property
     def kept(self) -> np.ndarray:
-        return np.array([r is None for r in self.reason], dtype=bool)
+        return pd.isna(self.reason)  # vectorised: reasons are text or None
 
     def split(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         dropped = ~self.kept
@@ -50,8 +54,8 @@ class Verdict:
         rejected["reason"] = self.reason[dropped]
         if self.detail is not None:
             rejected["detail"] = self.detail[dropped]
-        for name, values in self.columns.items():  # one value for every rejected row, or one per row
-            rejected[name] = values if np.ndim(values) == 0 else list(np.asarray(values, dtype=object)[dropped])
+        for name, values in self.columns.items():
+            rejected[name] = values(np.flatnonzero(dropped)) if callable(values) else values
         return df[~dropped], rejected
 
 

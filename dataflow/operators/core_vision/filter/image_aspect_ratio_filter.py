@@ -122,7 +122,7 @@ class ImageAspectRatioFilter(RowFilter):
                     OUT_OF_RANGE,
                     lambda at: [f"aspect_ratio {r:.4g} > max_ratio {self.max_ratio}" for r in ratio[at]],
                 )
-        verdict.columns[ratio_col or "aspect_ratio"] = [None if np.isnan(r) else float(r) for r in ratio]
+        verdict.columns[ratio_col or "aspect_ratio"] = lambda at: [None if np.isnan(r) else float(r) for r in ratio[at]]
         return verdict
 
     def run(

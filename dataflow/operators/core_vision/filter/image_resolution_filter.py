@@ -123,8 +123,8 @@ class ImageResolutionFilter(RowFilter):
                 code,
                 lambda at, v=values, o=op, p=param, b=bound, x=what: [f"{x} {int(i)} {o} {p} {b}" for i in v[at]],
             )
-        verdict.columns[width_col or "width"] = as_ints(w)
-        verdict.columns[height_col or "height"] = as_ints(h)
+        verdict.columns[width_col or "width"] = lambda at: as_ints(w[at])
+        verdict.columns[height_col or "height"] = lambda at: as_ints(h[at])
         return verdict
 
     def run(
