@@ -27,6 +27,7 @@ def test_hash_evaluator_equals_imagehash_on_full_decode(tmp_path):
     assert ImageHashEvaluator(method="phash", draft=False, num_workers=1).run(storage.step()) == [
         "phash",
         "image_error",
+        "image_error_detail",
     ]
     df = storage.step().read()
     good = df[df.image_error.isna()]

@@ -206,7 +206,7 @@ def test_user_operator_fixture_runs_on_the_bases(tmp_path, monkeypatch, restore_
     metas = [storage.manifest(i) for i in (1, 2, 3)]
     for meta in metas:
         assert meta["rows_in"] == meta["rows_out"] + meta["rows_rejected"]
-    assert metas[0]["new_columns"] == ["redness", "image_error"]
+    assert metas[0]["new_columns"] == ["redness", "image_error", "image_error_detail"]
     assert metas[1]["thresholds"] == [{"column": "caption_words", "param": "min_words", "side": "min", "value": 6.0}]
     assert set(metas[1]["rejected_reasons"]) == {"short_caption"}
     rejected = storage.read_rejected(3)

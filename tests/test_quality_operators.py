@@ -59,7 +59,7 @@ def output(storage: FileStorage, step: int = 1) -> pd.DataFrame:
 def example_quality(tmp_path_factory) -> pd.DataFrame:
     storage = example_storage(tmp_path_factory.mktemp("quality"))
     cols = ImageQualityEvaluator(num_workers=1).run(storage.step())
-    assert cols == [*FILE_COLUMNS, *[m for m in METRICS if m not in FILE_COLUMNS], "image_error"]
+    assert cols == [*FILE_COLUMNS, *[m for m in METRICS if m not in FILE_COLUMNS], "image_error", "image_error_detail"]
     check_accounting(storage, 1)
     return output(storage).set_index("image")
 
@@ -125,7 +125,7 @@ def test_quality_unreadable_images_get_null_metrics_and_a_reason(example_quality
 def test_metric_subset_and_invalid_names(tmp_path):
     storage = example_storage(tmp_path)
     cols = ImageQualityEvaluator(metrics=["entropy", "brightness", "entropy"], num_workers=1).run(storage.step())
-    assert cols == [*FILE_COLUMNS, "entropy", "brightness", "image_error"]
+    assert cols == [*FILE_COLUMNS, "entropy", "brightness", "image_error", "image_error_detail"]
     df = output(storage)
     assert "sharpness" not in df.columns and "jpeg_bpp" not in df.columns
     assert set(cols) <= set(df.columns)
@@ -135,7 +135,12 @@ def test_metric_subset_and_invalid_names(tmp_path):
         ImageQualityEvaluator(metrics=3)
     with pytest.raises(ValueError, match="max_side"):
         ImageQualityEvaluator(max_side=0)
-    assert ImageQualityEvaluator(metrics="entropy").output_columns({}) == [*FILE_COLUMNS, "entropy", "image_error"]
+    assert ImageQualityEvaluator(metrics="entropy").output_columns({}) == [
+        *FILE_COLUMNS,
+        "entropy",
+        "image_error",
+        "image_error_detail",
+    ]
 
 
 def test_file_metrics_alone_decode_no_pixels_and_existing_columns_are_recomputed(tmp_path, monkeypatch):
@@ -177,7 +182,7 @@ def test_descriptions_in_both_languages():
 def test_histogram_vectors(tmp_path, cache_type):
     storage = example_storage(tmp_path, cache_type=cache_type)
     cols = ImageHistogramEvaluator(bins=4, num_workers=1).run(storage.step(), output_histogram_key="hist")
-    assert cols == ["hist", "image_error"]
+    assert cols == ["hist", "image_error", "image_error_detail"]
     check_accounting(storage, 1)
     df = output(storage).set_index("image")
     ok = df[df.image_error.isna()]

@@ -133,7 +133,7 @@ def test_user_operators_same_rows_and_manifests_as_local(local_ray, user_project
     assert_same_steps(local, on_ray, 3)
     assert not [w for w in recwarn if "on the driver" in str(w.message)]  # every step was distributed
     meta = [on_ray.manifest(s) for s in (1, 2, 3)]
-    assert meta[0]["new_columns"] == ["redness", "image_error"]
+    assert meta[0]["new_columns"] == ["redness", "image_error", "image_error_detail"]
     assert meta[1]["thresholds"] == [{"column": "caption_words", "param": "min_words", "side": "min", "value": 6.0}]
     assert set(meta[1]["rejected_reasons"]) == {"short_caption"}
     assert meta[2]["rejected_reasons"] == {"same_caption": 2}  # two captions repeat an earlier row's, slices apart

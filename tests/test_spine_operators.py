@@ -17,7 +17,16 @@ def dedup_tests(tmp_path):
 
 def test_metadata_on_imagededup_tests(dedup_tests):
     cols = ImageMetadataEvaluator(num_workers=1).run(dedup_tests.step())
-    assert cols == ["width", "height", "mode", "format", "file_bytes", "exif_orientation", "image_error"]
+    assert cols == [
+        "width",
+        "height",
+        "mode",
+        "format",
+        "file_bytes",
+        "exif_orientation",
+        "image_error",
+        "image_error_detail",
+    ]
     df = dedup_tests.step().read().set_index("image")
     assert len(df) == 33
     base = df.loc["base_images/ukbench00120.jpg"]

@@ -1,7 +1,8 @@
 """ImageEvaluator: a per-image evaluator is one function from an image to a dict of scores.
 
 The base reads the step, maps :meth:`ImageEvaluator.score` over the image column in worker processes
-with a progress bar, records each unreadable image's reason in ``image_error`` (its scores null), adds
+with a progress bar, records each unreadable image's reason in ``image_error`` and the loader's words in
+``image_error_detail`` (its scores null), adds
 the declared columns and writes the step. An engine may run it on any slice of the table.
 """
 
@@ -12,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from dataflow.core.images import ERROR_COLUMN, errors_of, image_column
+from dataflow.core.images import ERROR_COLUMN, ERROR_DETAIL_COLUMN, details_of, errors_of, image_column
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
 
@@ -63,7 +64,8 @@ class ImageEvaluator(OperatorABC):
         return {c: keys.get(self.renames[c]) or c if c in self.renames else c for c in self.score_columns()}
 
     def output_columns(self, keys: dict) -> list[str]:
-        return [*self.column_names(keys).values(), *([ERROR_COLUMN] if self.writes_image_error else [])]
+        errors = [ERROR_COLUMN, ERROR_DETAIL_COLUMN] if self.writes_image_error else []
+        return [*self.column_names(keys).values(), *errors]
 
     def evaluate(self, storage, **keys) -> list[str]:
         """Read, score every row, add the columns, write; returns the columns written."""
@@ -78,6 +80,7 @@ class ImageEvaluator(OperatorABC):
                 df[target] = pd.Series([np.nan if v is None else v for v in values], index=df.index, dtype=float)
         if self.writes_image_error:
             df[ERROR_COLUMN] = errors_of(results).set_axis(df.index)
+            df[ERROR_DETAIL_COLUMN] = details_of(results).set_axis(df.index)
         storage.write(df)
         return self.output_columns(keys)
 

@@ -9,6 +9,7 @@ from dataflow.core.parallel import ItemResult
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
 
 ERROR_COLUMN = "image_error"
+ERROR_DETAIL_COLUMN = "image_error_detail"  # the loader's own words ("Truncated File Read"), for later steps
 
 
 def image_column(df: pd.DataFrame, key: str, operator: str) -> list:
@@ -22,6 +23,25 @@ def image_column(df: pd.DataFrame, key: str, operator: str) -> list:
 
 def errors_of(results: list[ItemResult]) -> pd.Series:
     return pd.Series([r.error for r in results], dtype=object)
+
+
+def details_of(results: list[ItemResult]) -> pd.Series:
+    return pd.Series([r.detail if r.error is not None else None for r in results], dtype=object)
+
+
+def earlier_errors(df: pd.DataFrame, fallback_detail: str = "") -> tuple[list, list]:
+    """Per row, the reason code an earlier evaluator recorded (None where none) and its detail.
+
+    The detail is the loader's own text when the earlier step kept it, else ``fallback_detail``.
+    """
+    n = len(df)
+    codes = [e if isinstance(e, str) and e else None for e in df[ERROR_COLUMN]] if ERROR_COLUMN in df else [None] * n
+    if ERROR_DETAIL_COLUMN in df.columns:
+        kept = df[ERROR_DETAIL_COLUMN].tolist()
+        details = [(d if isinstance(d, str) and d else fallback_detail) if c else None for c, d in zip(codes, kept)]
+    else:
+        details = [fallback_detail if c else None for c in codes]
+    return codes, details
 
 
 def rejected_unreadable(df: pd.DataFrame, results: list[ItemResult]) -> tuple[pd.Series, pd.DataFrame]:

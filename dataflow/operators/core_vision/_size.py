@@ -13,12 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dataflow.core.images import image_column
+from dataflow.core.images import ERROR_COLUMN, earlier_errors, image_column
 from dataflow.core.parallel import map_items
 from dataflow.media import image_info
-from dataflow.media.loader import is_null
-
-ERROR_COLUMN = "image_error"
 
 
 @dataclass
@@ -78,10 +75,10 @@ def row_facts(
         for v in values.values():
             missing |= np.isnan(v)
         if ERROR_COLUMN in df.columns:
-            earlier = df[ERROR_COLUMN].to_numpy(dtype=object)
-            known_bad = missing & np.array([not is_null(e) and e != "" for e in earlier], dtype=bool)
-            error[known_bad] = earlier[known_bad]
-            detail[known_bad] = f"{ERROR_COLUMN} from an earlier step"
+            codes, details = earlier_errors(df, f"{ERROR_COLUMN} from an earlier step")
+            known_bad = missing & np.array([c is not None for c in codes], dtype=bool)
+            error[known_bad] = np.array(codes, dtype=object)[known_bad]
+            detail[known_bad] = np.array(details, dtype=object)[known_bad]
             missing &= ~known_bad
         to_read = np.flatnonzero(missing)
     else:

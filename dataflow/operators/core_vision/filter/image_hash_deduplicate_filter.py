@@ -7,7 +7,7 @@ import pandas as pd
 from dataflow.algorithms.hashing import hex_to_hash
 from dataflow.core.dedup import DedupFilter, check_keep
 from dataflow.core.docs import Example
-from dataflow.core.images import ERROR_COLUMN, image_column
+from dataflow.core.images import earlier_errors, image_column
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.media import DEFAULT_MAX_PIXELS
@@ -123,8 +123,8 @@ def hashes_from_column(df: pd.DataFrame, key: str, operator: str) -> list[ItemRe
     hashes = hex_to_hash([v if ok else "0" * 16 for v, ok in zip(values, present)]).tolist()
     if all(present):
         return list(map(ItemResult, hashes))
-    errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
+    errors, details = earlier_errors(df)
     return [
-        ItemResult(h) if ok else ItemResult(None, e if isinstance(e, str) and e else "missing_hash", f"no {key} value")
-        for h, ok, e in zip(hashes, present, errors)
+        ItemResult(h) if ok else ItemResult(None, e or "missing_hash", d or f"no {key} value")
+        for h, ok, e, d in zip(hashes, present, errors, details)
     ]

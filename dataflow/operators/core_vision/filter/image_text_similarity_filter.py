@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dataflow.core.docs import Example
-from dataflow.core.images import ERROR_COLUMN
+from dataflow.core.images import earlier_errors
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.core.row_filter import RowFilter, Verdict
@@ -41,6 +41,7 @@ class ImageTextSimilarityFilter(RowFilter):
     description = "Keeps image-caption pairs with CLIP score >= min_score; reuses an existing clip_score column."
     description_zh = "保留 CLIP 图文相似度不低于 min_score 的样本；已有 clip_score 列时直接复用。"
     loads_model = True
+    model_params = {"model_name": "clip"}
     thresholds = (Threshold("min_score", "output_score_key", "min", default="clip_score"),)
 
     example = Example(
@@ -95,7 +96,7 @@ class ImageTextSimilarityFilter(RowFilter):
     ) -> Verdict:
         if output_score_key in df.columns:
             scores = pd.to_numeric(df[output_score_key], errors="coerce").to_numpy(float)
-            errors = df[ERROR_COLUMN].tolist() if ERROR_COLUMN in df.columns else [None] * len(df)
+            errors, details = earlier_errors(df)
         else:
             values, results = clip_scores(
                 self.models.clip(),
@@ -108,9 +109,12 @@ class ImageTextSimilarityFilter(RowFilter):
                 num_workers=self.num_workers,
             )
             scores = np.array([np.nan if v is None else v for v in values], dtype=float)
-            errors = [r.error for r in results]
+            errors, details = [r.error for r in results], [r.detail for r in results]
             df[output_score_key] = scores
-        verdict = Verdict(np.array([e if isinstance(e, str) and e else None for e in errors], dtype=object))
+        verdict = Verdict(
+            np.array([e if isinstance(e, str) and e else None for e in errors], dtype=object),
+            np.array(details, dtype=object),
+        )
         verdict.drop(np.isnan(scores), "missing_text")
         with np.errstate(invalid="ignore"):
             verdict.drop(scores < self.min_score, "low_clip_score")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from dataflow.core.docs import Example
+from dataflow.core.images import earlier_errors
 from dataflow.core.operator import Threshold
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.core.row_filter import RowFilter, Verdict, bounds_verdict
@@ -16,7 +18,8 @@ class ScoreRangeFilter(RowFilter):
 
     Either bound may be None. Rows with no score (null / NaN) are kept only with ``keep_missing=True``.
     Dropped rows go to the rejected file with reason ``below_min``, ``above_max`` or ``missing_score``,
-    a detail, the column name (``score_key``) and its value.
+    a detail, the column name (``score_key``) and its value. A row with no score because an earlier
+    evaluator could not read its image carries that evaluator's reason (``truncated``, ...) and detail.
 
     Parameters:
         min_score: lowest score kept (inclusive); None = no lower bound
@@ -60,6 +63,12 @@ class ScoreRangeFilter(RowFilter):
                 f"(columns: {', '.join(map(str, df.columns))})"
             )
         scores = pd.to_numeric(df[input_score_key], errors="coerce").to_numpy(dtype=float)
+        verdict = None
+        if not self.keep_missing:  # a row without a score because its image was unreadable says so
+            codes, details = earlier_errors(df)
+            unreadable = np.isnan(scores) & np.array([c is not None for c in codes], dtype=bool)
+            reason = np.where(unreadable, np.array(codes, dtype=object), None)
+            verdict = Verdict(reason, np.array(details, dtype=object))
         verdict = bounds_verdict(
             scores,
             self.min_score,
@@ -68,6 +77,7 @@ class ScoreRangeFilter(RowFilter):
             above="above_max",
             missing=None if self.keep_missing else "missing_score",
             name=input_score_key,
+            verdict=verdict,
         )
         verdict.columns["score_key"] = input_score_key
         return verdict
