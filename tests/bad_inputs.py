@@ -31,6 +31,8 @@ EXPECTED_REASON: dict[str, str | None] = {
     "missing_path": "missing",
     "folder_path": "not_an_image",
     "decompression_bomb": "too_large",
+    "header_lies_jpeg": "truncated",
+    "header_lies_png": "truncated",
     "one_pixel": None,
     "strip_20000x10": None,
     "cmyk_jpeg": None,
@@ -147,6 +149,14 @@ def png_declaring_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def jpeg_declaring_size(width: int, height: int) -> bytes:
+    """A complete 16x16 JPEG (end marker and all) whose frame header claims ``width`` x ``height``."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (200, 10, 10)), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
 def with_app1(jpeg: bytes, payload: bytes) -> bytes:
     """Insert an APP1 segment (e.g. ``b"Exif\\0\\0" + tiff``) right after the JPEG's SOI marker."""
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
@@ -250,6 +260,11 @@ def make_bad_inputs(tmp_path: str | Path) -> dict[str, Any]:
     out["folder_path"] = str(d / "folder.jpg")
     (d / "bomb.png").write_bytes(png_declaring_size(30000, 30000))
     out["decompression_bomb"] = str(d / "bomb.png")
+    # Within the pixel limit, so only the byte count gives them away: they decode to grey padding.
+    (d / "header_lies.jpg").write_bytes(jpeg_declaring_size(9000, 9000))
+    out["header_lies_jpeg"] = str(d / "header_lies.jpg")
+    (d / "header_lies.png").write_bytes(png_declaring_size(9000, 9000))
+    out["header_lies_png"] = str(d / "header_lies.png")
     out["one_pixel"] = str(make_png(d / "one_pixel.png", Image.new("RGB", (1, 1), (200, 30, 60))))
     out["strip_20000x10"] = str(make_png(d / "strip.png", pattern((20000, 10))))
     cmyk = d / "cmyk.jpg"

@@ -47,7 +47,7 @@ def image_info(
     if orientation in _TRANSPOSING:
         w, h = h, w
     if check_truncation and data and img.format in TAIL_CHECKED_FORMATS:
-        detail = truncation_detail(data, img.format)
+        detail = truncation_detail(data, img.format, img.size)
         if detail:
             raise ImageLoadError("truncated", f"{label}: {detail}", label)
     try:

@@ -204,7 +204,7 @@ def load_image(
         data, label = read_source_bytes(source, base_dir)
         img = open_bytes(data, label, max_pixels=max_pixels)
     if check_truncation and data and img.format in TAIL_CHECKED_FORMATS:
-        detail = truncation_detail(data, img.format)
+        detail = truncation_detail(data, img.format, img.size)
         if detail:
             raise ImageLoadError("truncated", f"{label}: {detail}", label)
     try:
@@ -303,9 +303,13 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND"  # zero length + type; the CRC after it is t
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
-def truncation_detail(data: bytes, fmt: str) -> str | None:
+def truncation_detail(data: bytes, fmt: str, size: tuple[int, int] | None = None) -> str | None:
     """Why ``data`` looks cut off (a JPEG without an end-of-image marker after its first scan, a PNG
-    without IEND), or None. Data appended after the end (motion photos, padding) is fine."""
+    without IEND, or with ``size`` a header claiming more pixels than the file can encode), or None.
+    Data appended after the end (motion photos, padding) is fine."""
+    too_small = _too_few_bytes(data, fmt, size) if size else None
+    if too_small:
+        return too_small
     if fmt in ("JPEG", "MPO"):
         if data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
             return None
@@ -314,6 +318,46 @@ def truncation_detail(data: bytes, fmt: str) -> str | None:
         return None if data.rfind(_PNG_IEND) >= 8 else "PNG has no IEND chunk"
     if fmt in ("HEIF", "AVIF"):
         return None if _bmff_complete(data) else f"{fmt} box runs past the end of the file"
+    return None
+
+
+def _too_few_bytes(data: bytes, fmt: str, size: tuple[int, int]) -> str | None:
+    # The least any encoder can spend: a Huffman-coded JPEG at least one bit per 8x8 block (a DC code;
+    # arithmetic coding has no such floor, so it is not judged), a PNG its rows of at least one bit per
+    # pixel plus a filter byte, deflated at most 1032:1. A smaller file is a header that lies (a few
+    # hundred bytes claiming 9000x9000) and decodes to grey padding, not an 81-megapixel photo.
+    w, h = size
+    if fmt in ("JPEG", "MPO"):
+        if _jpeg_frame_marker(data) in _JPEG_ARITHMETIC:
+            return None
+        needed = -(-w // 8) * -(-h // 8) // 8
+    elif fmt == "PNG":
+        needed = h * (1 + -(-w // 8)) // 1032
+    else:
+        return None
+    if len(data) >= needed:
+        return None
+    return f"{fmt} header claims {w}x{h} but the file's {len(data)} bytes cannot hold it (at least {needed} needed)"
+
+
+_JPEG_ARITHMETIC = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0..0xCF, not DHT/JPG/DAC) of a JPEG, or None."""
+    n, pos = len(data), 2
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        elif marker in _JPEG_STANDALONE:
+            pos += 2
+        elif marker == 0xDA:
+            return None
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return None
 
 
