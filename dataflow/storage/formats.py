@@ -87,7 +87,9 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
                 raise StorageFormatError(f"{path}: a .json input must hold a list of objects")
             return _frame(data), []
     if kind == "csv":
-        return pd.read_csv(path, keep_default_na=True), []
+        from dataflow.storage.csv_table import read_csv_table
+
+        return read_csv_table(path), []
     if kind == "parquet":
         _check_unique_names(pq.read_schema(path).names if path.is_file() else [], path)
         table = pq.read_table(path)
@@ -120,7 +122,9 @@ def read_columns(path: str | os.PathLike, kind: str, sample_rows: int = 100) -> 
             return list(pads.dataset(path, format="parquet").schema.names)
         return _check_unique_names(list(pq.read_schema(path).names), path)
     if kind == "csv":
-        return list(pd.read_csv(path, nrows=0).columns)
+        from dataflow.storage.csv_table import read_csv_columns
+
+        return read_csv_columns(path)
     if kind == "jsonl":
         names: dict[str, None] = {}
         with open(path, "rb") as fh:
@@ -353,9 +357,10 @@ def _write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
     elif kind == "json":
         with open(path, "wb") as fh:
             fh.write(b"[" + b",\n".join(_encode_rows(df)) + b"]\n")
-    elif kind == "csv":
-        _check_csv(df)
-        df.to_csv(path, index=False)
+    elif kind == "csv":  # exact round trip or a clear refusal: the rule is in csv_table's docstring
+        from dataflow.storage.csv_table import write_csv_table
+
+        write_csv_table(df, path)
     elif kind == "parquet":
         table = to_arrow(df)
         # Row groups of ~_ROW_GROUP_BYTES: the writer's and the reader's scratch memory scale with a row
@@ -514,15 +519,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return _plain(_default(value))
-
-
-def _check_csv(df: pd.DataFrame) -> None:
-    for col in df.columns:
-        if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (list, dict, tuple, np.ndarray))).any():
-            raise StorageFormatError(
-                f"column {col!r} holds lists or dicts, which CSV would turn into text; "
-                "use cache_type='jsonl' or 'parquet'"
-            )
 
 
 def to_arrow(df: pd.DataFrame) -> pa.Table:
