@@ -134,7 +134,12 @@ def cmd_run(args) -> int:
             OPERATOR_REGISTRY.load_user_operators(
                 [config_path.resolve().parent.parent / "operators", config_path.resolve().parent / "operators"]
             )
-        pipeline = build_pipeline(load_config(config_path), str(config_path), user_operators=user_operators)
+        pipeline = build_pipeline(
+            load_config(config_path),
+            str(config_path),
+            user_operators=user_operators,
+            base_dir=config_path.resolve().parent,
+        )
         pipeline.compile()
     except (ConfigError, PipelineCompileError, OperatorImportError) as exc:
         hint = "" if user_operators else "\n(--check imports no user operator: add --load-operators to check those too)"
@@ -203,7 +208,7 @@ def print_run_summary(pipeline, as_json: bool = False) -> None:
             )
         )
         return
-    print(format_steps(storage.cache_path, storage.file_name_prefix))
+    print(format_steps(storage.cache_path, storage.file_name_prefix, max_step=last))
     print(f"\nresult:   {Path(storage.step_path(last)).resolve()}")
     print(f"rejected: {Path(storage.cache_path).resolve()}/{storage.file_name_prefix}_step*.rejected.jsonl")
     print(f"look:     {dataflow_command()} inspect {storage.cache_path} --step {last} --head 5")
@@ -277,7 +282,10 @@ def cmd_inspect(args) -> int:
             return 0
         df = read_table(path, "jsonl")[0]
     else:
-        df = read_table(cache / manifest["file"], manifest["cache_type"])[0]
+        path = cache / str(manifest.get("file") or "")
+        if not manifest.get("file") or not path.exists():
+            raise _UserError(f"step {args.step}'s data file {path} is missing (deleted to save space?)")
+        df = read_table(path, manifest["cache_type"])[0]
     if args.columns:
         wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
         missing = [c for c in wanted if c not in df.columns]
@@ -326,22 +334,26 @@ def cmd_dedup(args) -> int:
         )
     except (KeyError, ValueError) as exc:
         raise _UserError(str(exc.args[0] if exc.args else exc)) from None
-    from dataflow.storage.lock import CacheLock, CacheLockedError
+    from dataflow.storage.lock import CacheFolderError, CacheLock, CacheLockedError
 
     try:
         with CacheLock(args.out):  # one run per cache folder, as for pipelines
             op.run(storage.step(), input_image_key=storage.image_key)
-    except CacheLockedError as exc:
+    except (CacheLockedError, CacheFolderError) as exc:
         raise _UserError(str(exc)) from None
+    from dataflow.storage.provenance import row_name  # rows by path, never by their image bytes
+
     rejected = storage.read_rejected(1)
     dups = rejected[rejected["reason"] == op.reason] if len(rejected) else rejected
     for kept, group in dups.groupby("duplicate_of", sort=False) if len(dups) else []:
         print(kept)
-        for image, weight in zip(group[storage.image_key], group[op.weight_name]):
-            print(f"  {image}  ({op.weight_name} {weight:g})")
+        for label, image, weight in zip(group.index, group[storage.image_key], group[op.weight_name]):
+            print(f"  {row_name(image, label)}  ({op.weight_name} {weight:g})")
     unreadable = rejected[rejected["reason"] != op.reason] if len(rejected) else rejected
-    for image, reason in zip(unreadable.get(storage.image_key, []), unreadable.get("reason", [])):
-        print(f"unreadable: {image}  ({reason})", file=sys.stderr)
+    for label, image, reason in zip(
+        unreadable.index, unreadable.get(storage.image_key, []), unreadable.get("reason", [])
+    ):
+        print(f"unreadable: {row_name(image, label)}  ({reason})", file=sys.stderr)
     meta = storage.manifest(1)
     print(
         f"\n{meta['rows_in']} images: {meta['rows_out']} kept, {len(dups)} near duplicates removed, "

@@ -24,7 +24,8 @@ def test_runs_from_its_config(tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     config = tmp_path / "custom.yaml"
-    text = (root / "configs" / "custom_operator.yaml").read_text().replace("./cache_custom", str(tmp_path / "c"))
+    text = (root / "configs" / "custom_operator.yaml").read_text().replace("../cache_custom", str(tmp_path / "c"))
+    text = text.replace("../example_data", str(root / "example_data"))  # config paths start at its own folder
     config.write_text(text)
     assert main(["run", str(config)]) == 0
     out = FileStorage(root / "example_data" / "images.jsonl", cache_path=tmp_path / "c", file_name_prefix="custom")

@@ -22,8 +22,8 @@ def write_config(tmp_path, steps: str, entry=None, cache=None) -> str:
 
 
 def test_run_demo_config_then_resume(tmp_path, capsys):
-    config = (REPO / "configs" / "demo.yaml").read_text().replace("./cache_demo_yaml", str(tmp_path / "c"))
-    config = config.replace("example_data/images.jsonl", str(REPO / "example_data" / "images.jsonl"))
+    config = (REPO / "configs" / "demo.yaml").read_text().replace("../cache_demo_yaml", str(tmp_path / "c"))
+    config = config.replace("../example_data/images.jsonl", str(REPO / "example_data" / "images.jsonl"))
     (tmp_path / "demo.yaml").write_text(config)
     assert main(["run", str(tmp_path / "demo.yaml")]) == 0
     out = capsys.readouterr().out

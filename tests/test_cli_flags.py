@@ -92,7 +92,8 @@ def test_run_json_and_inspect_head_all_columns_json(tmp_path, monkeypatch, capsy
 
     monkeypatch.chdir(REPO)
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text((REPO / "configs" / "demo.yaml").read_text().replace("./cache_demo_yaml", str(tmp_path / "c")))
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../cache_demo_yaml", str(tmp_path / "c"))
+    cfg.write_text(text.replace("../example_data", str(REPO / "example_data")))
     assert main(["-q", "run", str(cfg), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert [s["step"] for s in summary["steps"]] == list(range(1, len(summary["steps"]) + 1))
@@ -126,3 +127,41 @@ def test_the_printed_inspect_command_runs_as_printed(monkeypatch):
     assert printed != "dataflow"
     done = subprocess.run([*shlex.split(printed), "--version"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.startswith("dataflow"), (printed, done.stderr)
+
+
+def test_progress_off_a_terminal_is_a_log_line_now_and_then(monkeypatch):
+    import logging
+    import time
+
+    from dataflow.log import get_logger, progress
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    seen = Lines()
+    logger = get_logger("progress")
+    logger.addHandler(seen)
+    logger.setLevel(logging.INFO)  # an earlier -q test may have quietened the package logger
+    try:
+        monkeypatch.delenv("DATAFLOW_PROGRESS", raising=False)
+        monkeypatch.setenv("DATAFLOW_PROGRESS_INTERVAL", "0.05")
+        for _ in progress(range(6), total=6, desc="Scoring"):
+            time.sleep(0.03)
+        assert 1 <= len(seen.lines) <= 6 and "\r" not in "".join(seen.lines)
+        assert all(line.startswith("Scoring: ") for line in seen.lines)
+        assert seen.lines[-1].startswith("Scoring: 6/6 img (100%)")
+        seen.lines.clear()
+        monkeypatch.setenv("DATAFLOW_PROGRESS_INTERVAL", "30")
+        list(progress(range(6), total=6, desc="Quick"))  # a step shorter than the interval says nothing
+        monkeypatch.setenv("DATAFLOW_PROGRESS", "0")
+        monkeypatch.setenv("DATAFLOW_PROGRESS_INTERVAL", "0")
+        list(progress(range(6), total=6, desc="Off"))
+        assert seen.lines == []
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(logging.NOTSET)

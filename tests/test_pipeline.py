@@ -176,3 +176,47 @@ def test_resume_step_beyond_the_written_steps_is_a_clear_error(src, tmp_path):
     CALLS.clear()
     p.forward(resume_step=2)
     assert CALLS == [("DropOdd",)]
+
+
+class WeightsOp(OperatorABC):
+    """Test operator naming a weights file, declared so that compile() looks for it."""
+
+    model_params = {"weights": "weights"}
+
+    def __init__(self, weights: str):
+        self.weights = weights
+
+    def run(self, storage):
+        storage.write(storage.read())
+
+
+class UsesWeights(PipelineABC):
+    def __init__(self, src, cache, weights):
+        self.storage = FileStorage(src, cache_path=cache, file_name_prefix="w")
+        self.op = WeightsOp(weights)
+
+    def forward(self):
+        self.op.run(self.storage.step())
+
+
+def test_compile_finds_a_missing_model_file_and_runs_nothing(src, tmp_path):
+    with pytest.raises(PipelineCompileError, match=r"step 1 WeightsOp: weights='nowhere.pth': weights file not found"):
+        UsesWeights(src, tmp_path / "c", "nowhere.pth").compile()
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "w.pth").write_bytes(b"x")
+    UsesWeights(src, tmp_path / "c", str(tmp_path / "w.pth")).compile()
+
+
+def test_compile_refuses_an_image_only_model_where_text_is_scored(src, tmp_path):
+    from dataflow.operators.core_vision import ImageTextSimilarityFilter
+
+    class Align(PipelineABC):
+        def __init__(self):
+            self.storage = FileStorage(src, cache_path=tmp_path / "c", file_name_prefix="a")
+            self.op = ImageTextSimilarityFilter(model_name="efficientnet-lite0")
+
+        def forward(self):
+            self.op.run(self.storage.step(), input_image_key="a", input_text_key="a")
+
+    with pytest.raises(PipelineCompileError, match="efficientnet-lite0 embeds images only"):
+        Align().compile()

@@ -392,8 +392,8 @@ def test_profiling_config_runs_end_to_end(tmp_path, capsys):
     from dataflow.cli import main
 
     config = (REPO / "configs" / "image_profiling.yaml").read_text()
-    config = config.replace("./cache_profiling_yaml", str(tmp_path / "c"))
-    config = config.replace("example_data/images.jsonl", str(EXAMPLE))
+    config = config.replace("../cache_profiling_yaml", str(tmp_path / "c"))
+    config = config.replace("../example_data/images.jsonl", str(EXAMPLE))
     (tmp_path / "profiling.yaml").write_text(config)
     assert main(["run", str(tmp_path / "profiling.yaml")]) == 0
     assert "ImageExactDeduplicateFilter" in capsys.readouterr().out

@@ -77,8 +77,15 @@ def load_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def build_pipeline(config: dict, source: str = "<config>", *, user_operators: bool = True) -> ConfigPipeline:
-    """Check the whole config and build its pipeline, or raise one ``ConfigError`` listing every problem."""
+def build_pipeline(
+    config: dict, source: str = "<config>", *, user_operators: bool = True, base_dir: str | os.PathLike | None = None
+) -> ConfigPipeline:
+    """Check the whole config and build its pipeline, or raise one ``ConfigError`` listing every problem.
+
+    Relative storage paths (``first_entry_file_name``, ``cache_path``) are taken against ``base_dir``, the
+    config file's folder for ``dataflow run``, so a config runs the same from any working directory;
+    without ``base_dir``, against the working directory.
+    """
     problems: list[str] = []
     for key in config:
         if key not in TOP_LEVEL_KEYS:
@@ -92,7 +99,7 @@ def build_pipeline(config: dict, source: str = "<config>", *, user_operators: bo
         problems.append("missing 'steps': a list of {operator, params, run}")
         steps_cfg = []
 
-    storage = _build_storage(storage_cfg, problems) if storage_cfg is not None else None
+    storage = _build_storage(storage_cfg, problems, base_dir) if storage_cfg is not None else None
     steps = []
     for i, step in enumerate(steps_cfg, start=1):
         built = _build_step(i, step, problems, user_operators)
@@ -103,7 +110,12 @@ def build_pipeline(config: dict, source: str = "<config>", *, user_operators: bo
     return ConfigPipeline(storage, steps)
 
 
-def _build_storage(cfg: dict, problems: list[str]) -> FileStorage | None:
+STORAGE_PATH_KEYS = ("first_entry_file_name", "cache_path")
+
+
+def _build_storage(cfg: dict, problems: list[str], base_dir: str | os.PathLike | None) -> FileStorage | None:
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    cfg = {k: _against(v, base) if k in STORAGE_PATH_KEYS else v for k, v in cfg.items()}
     sig = inspect.signature(FileStorage.__init__)
     allowed = [p for p in sig.parameters if p != "self"]
     bad = [k for k in cfg if k not in allowed]
@@ -114,7 +126,7 @@ def _build_storage(cfg: dict, problems: list[str]) -> FileStorage | None:
         return None
     entry = Path(str(cfg["first_entry_file_name"]))
     if not entry.exists():
-        problems.append(f"storage: input {str(entry)!r} does not exist (relative to {os.getcwd()})")
+        problems.append(f"storage: input {str(entry)!r} does not exist (relative paths are taken against {base})")
     if bad:
         return None
     try:
@@ -122,6 +134,13 @@ def _build_storage(cfg: dict, problems: list[str]) -> FileStorage | None:
     except (ValueError, TypeError) as exc:
         problems.append(f"storage: {exc}")
         return None
+
+
+def _against(value: Any, base: Path) -> Any:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        return value  # not a path: FileStorage says what it wants (FileStorage("") is allowed)
+    path = Path(os.path.expanduser(os.fspath(value)))
+    return str(path if path.is_absolute() else base / path)
 
 
 def _build_step(i: int, step: Any, problems: list[str], user_operators: bool = True):

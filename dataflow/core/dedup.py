@@ -27,7 +27,7 @@ from dataflow.core.images import concat_rejected, rejected_unreadable
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
 from dataflow.media import image_info
-from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, row_name
 
 SEARCHES = ("exact", "hamming", "cosine")
 KEEP_HELP = "keep='first' (row order), 'largest' (most pixels) or a column name (highest value wins)"
@@ -231,7 +231,8 @@ class DedupFilter(OperatorABC):
         )
         image_key = self.image_key(keys, df.columns)
         labels = good.index.to_numpy()
-        images = good[image_key].to_numpy(dtype=object) if image_key else labels.astype(object)
+        values_of = good[image_key].tolist() if image_key else labels.tolist()
+        images = np.array([row_name(v, label) for v, label in zip(values_of, labels)] or [], dtype=object)
         decided = Decisions.from_groups(groups, labels, images, best=found.best, keys=values)
         kept, dups = self.split(good, decided, keys)
         storage.write(kept, rejected=concat_rejected(unreadable, dups))

@@ -10,6 +10,9 @@ and the CLI read what it declares here and never name an operator:
   table can be processed apart), ``"table"`` (needs the whole table at once) or ``"dedup"`` (public phases,
   see :class:`dataflow.core.dedup.DedupFilter`);
 - ``loads_model``: engines keep one instance per worker (an actor) so the model loads once;
+- ``model_params``: ``{parameter: kind}`` of the parameters that name a model (kinds: ``"image"`` an image
+  embedder, ``"clip"`` an image-text model, ``"weights"`` a weights file), so ``compile()`` and
+  ``dataflow run --check`` find a missing model before any step runs, without loading it;
 - ``thresholds``: the parameters a report draws on a score column (:class:`Threshold`);
 - ``output_columns(keys)`` / ``required_columns(keys)``: what a call adds and reads, for ``compile()``;
 - ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`);
@@ -75,6 +78,7 @@ class OperatorABC(ABC):
     keeps_rows: ClassVar[bool] = True
     execution: ClassVar[str] = "table"
     loads_model: ClassVar[bool] = False
+    model_params: ClassVar[dict[str, str]] = {}
     description: ClassVar[str] = ""
     description_zh: ClassVar[str] = ""
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
@@ -132,6 +136,16 @@ class OperatorABC(ABC):
                 for i, col in enumerate([value] if isinstance(value, str) else list(value)):
                     out[name if isinstance(value, str) else f"{name}[{i}]"] = col
         return out
+
+    def missing_models(self) -> list[str]:
+        """Why a model this operator names cannot be found on local disk (one line each); loads none."""
+        if not self.model_params:
+            return []
+        from dataflow.models.locate import model_problem
+
+        params = self.params
+        found = ((name, model_problem(kind, params.get(name))) for name, kind in self.model_params.items())
+        return [f"{name}={params.get(name)!r}: {problem}" for name, problem in found if problem]
 
     def call_thresholds(self, keys: dict) -> list[dict]:
         """The declared thresholds resolved for one call (what the manifest records for the report)."""

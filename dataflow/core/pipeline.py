@@ -93,7 +93,7 @@ class PipelineABC:
         with use_hook(recorder):
             _original_forward(self)()
         self._reset_storages()
-        problems = check_keys(recorder.calls)
+        problems = check_keys(recorder.calls) + check_models(recorder.calls)
         if problems:
             raise PipelineCompileError(problems)
         self._compiled_calls = recorder.calls
@@ -131,10 +131,9 @@ class PipelineABC:
             return 0
         storage, step = (calls[skip - 1].storage, calls[skip - 1].step + 1) if calls else (self._storages()[0], skip)
         if not storage.step_path(step).exists():
-            written = sorted(
-                int(p.name.rsplit("_step", 1)[1].split(".")[0])
-                for p in Path(storage.cache_path).glob(f"{storage.file_name_prefix}_step*.meta.json")
-            )
+            from dataflow.storage.cache_folder import load_manifests  # the valid manifests, stray files aside
+
+            written = sorted(load_manifests(Path(storage.cache_path), storage.file_name_prefix))
             raise PipelineResumeError(
                 f"resume_step={skip}: step {step} was never written to {storage.cache_path} "
                 f"(written: {', '.join(map(str, written)) or 'none'})"
@@ -173,6 +172,17 @@ def check_keys(calls: list[RecordedCall]) -> list[str]:
                     f"point (columns: {', '.join(sorted(columns)) or 'none'})"
                 )
         known[(_storage_id(call.storage), call.step + 1)] = columns | set(call.operator.output_columns(call.keys))
+    return problems
+
+
+def check_models(calls: list[RecordedCall]) -> list[str]:
+    """Every model an operator names must be on local disk: found now, not hours into a run."""
+    problems, seen = [], set()
+    for call in calls:
+        if id(call.operator) not in seen:
+            seen.add(id(call.operator))
+            name = type(call.operator).__name__
+            problems += [f"step {call.step + 1} {name}: {p}" for p in call.operator.missing_models()]
     return problems
 
 

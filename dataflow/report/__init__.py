@@ -4,9 +4,17 @@
 ``plot_duplicates(cache_path, image)`` draws one image's duplicate group with matplotlib.
 """
 
-from dataflow.report.cache import CacheView, ReportError
+from dataflow.report.cache import CacheView, ReportError, ReportWriteError
 from dataflow.report.groups import duplicate_groups
 from dataflow.report.html_report import build_report
 from dataflow.report.notebook import duplicate_group, plot_duplicates
 
-__all__ = ["build_report", "plot_duplicates", "duplicate_group", "duplicate_groups", "CacheView", "ReportError"]
+__all__ = [
+    "build_report",
+    "plot_duplicates",
+    "duplicate_group",
+    "duplicate_groups",
+    "CacheView",
+    "ReportError",
+    "ReportWriteError",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -11,10 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dataflow.log import get_logger
 from dataflow.media.errors import REASONS as IMAGE_ERROR_REASONS
 from dataflow.storage import cache_folder
 from dataflow.storage.cache_folder import CacheFolderReadError, load_manifests
 from dataflow.storage.formats import read_table
+
+logger = get_logger("dataflow.report")
 
 # Reasons that mean the row's image (or the row itself) could not be read: shown without a thumbnail.
 UNREADABLE_REASONS = frozenset(IMAGE_ERROR_REASONS) | {"malformed_row"}
@@ -26,6 +30,10 @@ _NOT_SCORES = {"id", "index", "idx", "row", "row_id", "group", "dup_group", "ste
 
 class ReportError(ValueError):
     """The cache folder cannot be reported on (missing, empty, several pipelines and no prefix)."""
+
+
+class ReportWriteError(ReportError):
+    """The report file cannot be written where it was asked (or, by default, in a read-only cache folder)."""
 
 
 @dataclass
@@ -110,8 +118,9 @@ class CacheView:
         for step, meta in manifests.items():  # every sidecar, once
             name = meta.get("rejected_file")
             if name and (cache / name).exists():
-                df = read_table(cache / name, "jsonl")[0]
-                view.rejected[step] = Table(step, "rejected", df, meta.get("image_base"))
+                df = _read_or_skip(cache / name, f"step {step}'s rejected rows", _read_jsonl)
+                if df is not None:
+                    view.rejected[step] = Table(step, "rejected", df, meta.get("image_base"))
         if read_steps and written:
             view._read_step_files(written)
         if view.text_key is None:
@@ -138,14 +147,16 @@ class CacheView:
         for step, cols in sorted(wanted.items()):
             meta = self.manifests[step]
             base = {self.image_key, "image_error"} | ({self.text_key} if self.text_key else set())
-            df = _read_scalar_columns(
-                self.path / meta["file"],
-                meta.get("cache_type") or "jsonl",
-                set(cols),
-                base,
+            read = functools.partial(
+                _read_scalar_columns,
+                kind=meta.get("cache_type") or "jsonl",
+                cols=set(cols),
+                base=base,
                 everything=step == self.last_step,
             )
-            self.steps[step] = Table(step, "step", df, meta.get("image_base"))
+            df = _read_or_skip(self.path / meta["file"], f"step {step}'s rows", read)
+            if df is not None:
+                self.steps[step] = Table(step, "step", df, meta.get("image_base"))
 
     def image_base(self, step: int) -> str | None:
         meta = self.manifests.get(step) or {}
@@ -260,7 +271,7 @@ def _read_scalar_columns(path: Path, kind: str, cols: set[str], base: set[str], 
     """Read a step file: the image, caption and error columns plus the numeric ones among ``cols`` (all numeric
     columns with ``everything``). Parquet reads only those columns, never embeddings or other lists."""
     if kind != "parquet":
-        df = read_table(path, kind)[0]
+        df = _read_jsonl(path) if kind == "jsonl" else read_table(path, kind)[0]
         return df if everything else df[[c for c in df.columns if c in cols or c in base]]
     import pyarrow as pa
     import pyarrow.dataset as pads
@@ -274,3 +285,23 @@ def _read_scalar_columns(path: Path, kind: str, cols: set[str], base: set[str], 
             cols.append(f.name)
     table = pq.read_table(path, columns=cols)
     return table.to_pandas(integer_object_nulls=False)
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """A JSON lines file of the cache, its malformed lines left out with one warning (a report still shows the
+    rest)."""
+    df, bad = read_table(path, "jsonl", skip_malformed=True)
+    if bad:
+        logger.warning(
+            "the report leaves out %d malformed line(s) of %s (first: line %s)", len(bad), path, bad[0].get("line", "?")
+        )
+    return df
+
+
+def _read_or_skip(path: Path, what: str, read) -> pd.DataFrame | None:
+    """``read(path)``, or None with a one-line warning when the file cannot be read (the report goes on)."""
+    try:
+        return read(path)
+    except (OSError, ValueError) as exc:  # StorageFormatError, pandas' and pyarrow's errors are ValueErrors
+        logger.warning("the report leaves out %s: %s: %s", what, path, getattr(exc, "strerror", None) or exc)
+        return None

@@ -9,6 +9,8 @@ string that comes from the data is escaped.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import html
 import math
@@ -25,6 +27,7 @@ from dataflow.report.cache import (
     DUPLICATE_REASONS,
     UNREADABLE_REASONS,
     CacheView,
+    ReportWriteError,
     Table,
     Threshold,
     fmt_number,
@@ -101,10 +104,35 @@ def build_report(
         script=_asset("report.js").rstrip("\n"),
     )
     target = Path(out) if out is not None else view.path / f"{view.prefix}_report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, page.encode("utf-8"))
-    os.chmod(target, 0o644)  # the temp file behind an atomic write is private; a report is for reading
+    _write_page(target, page.encode("utf-8"), in_cache=out is None)
     return target
+
+
+def _write_page(target: Path, data: bytes, *, in_cache: bool) -> None:
+    """Write the page atomically, or a ``ReportWriteError`` saying why not and where to write it instead."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+    except OSError as exc:
+        why = {
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.EROFS: "read-only file system",
+            errno.ENOSPC: "no space left on device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EISDIR: "a folder is in the way",
+            errno.ENOTDIR: "a file is in the way",
+            errno.EEXIST: "a file is in the way",  # mkdir of its folder
+        }.get(exc.errno, exc.strerror or str(exc))
+        if in_cache:
+            hint = "the cache folder is not writable; pass --out FILE (out= in Python) to write it elsewhere"
+        else:
+            hint = "choose another --out FILE (out= in Python)"
+        raise ReportWriteError(f"cannot write the report to {target} ({why}): {hint}") from None
+    # The temp file behind an atomic write is private; a report is for reading. A file system without modes
+    # refuses: the report is written all the same.
+    with contextlib.suppress(OSError):
+        os.chmod(target, 0o644)
 
 
 # ---------------------------------------------------------------------------------------------- rendering

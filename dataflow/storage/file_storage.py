@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -111,7 +112,7 @@ class FileStorage:
     def step_fingerprint(self, step: int) -> str | None:
         """Fingerprint of the data at ``step``: the input's for step 0, the manifest's after."""
         if step == 0:
-            return path_fingerprint(self.first_entry_file_name)
+            return path_fingerprint(self.first_entry_file_name, self.image_key)
         meta = self.manifest(step)
         return meta.get("fingerprint") if meta else None
 
@@ -301,5 +302,21 @@ def _as_frame(rows: pd.DataFrame | list[dict] | None) -> pd.DataFrame:
 
 
 def dumps_row(row: dict) -> str:
-    """One row as JSON text for terminal display."""
-    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
+    """One row as JSON text for terminal display; image bytes as a short placeholder, not base64."""
+    shown = {k: _shown(v) for k, v in row.items()}
+    return orjson.dumps(shown, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
+
+
+def _shown(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        from dataflow.media.loader import _magic_format
+
+        data = bytes(value[:16])
+        size = len(value)
+        unit = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB" if size >= 1e3 else f"{size} B"
+        return f"<{(_magic_format(data) or 'bytes').lower()}, {unit}>"
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype == object:  # a Parquet list of strings or structs
+        return [_shown(v) for v in value.tolist()]
+    return value

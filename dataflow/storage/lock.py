@@ -11,6 +11,7 @@ removed on a clean release, so one still there when the lock is won was left by 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -32,7 +33,14 @@ class CacheLockedError(RuntimeError):
 
 
 class CacheFolderError(OSError):
-    """The cache folder cannot be created or written (read-only, full disk, permissions)."""
+    """The cache folder cannot be created or written (read-only, full disk, permissions).
+
+    An ``OSError`` with the ``errno`` of the failure; ``str()`` is the message alone (no ``[Errno N]``), so the
+    CLI prints it as one line.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror is not None else super().__str__()
 
 
 class CacheLock:
@@ -54,8 +62,10 @@ class CacheLock:
         try:
             self._claim()
         except OSError as exc:
+            with contextlib.suppress(OSError):  # cut short (full disk), it would read as a stale holder next run
+                self.holder_path.unlink(missing_ok=True)
             lock.release()
-            raise cache_folder_error(self.folder, exc) from None
+            raise cache_folder_error(self.folder, exc, "while locking it") from None
         self._lock, self._depth = lock, 1
         stale = remove_stale_temp_files(self.folder)  # no writer can be mid-write here: we hold the lock
         if stale:
@@ -82,7 +92,7 @@ class CacheLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise cache_folder_error(self.folder, exc) from None
+            raise cache_folder_error(self.folder, exc, "while creating it") from None
         # thread_local=False: the lock belongs to the run, which may release it from another thread.
         lock = FileLock(self.path, timeout=0, thread_local=False)
         try:
@@ -94,7 +104,7 @@ class CacheLock:
                 "another cache_path"
             ) from None
         except OSError as exc:
-            raise cache_folder_error(self.folder, exc) from None
+            raise cache_folder_error(self.folder, exc, "while locking it") from None
         return lock
 
     def _claim(self) -> None:
@@ -124,12 +134,15 @@ class CacheLock:
         self.release()
 
 
-def cache_folder_error(folder: Path, exc: OSError) -> CacheFolderError:
-    """A ``CacheFolderError`` naming the folder and, in words, why it cannot be written."""
-    why = {
-        errno.EACCES: "permission denied",
-        errno.EROFS: "read-only file system",
-        errno.ENOSPC: "no space left on device",
-        errno.EDQUOT: "disk quota exceeded",
-    }.get(exc.errno, str(exc))
-    return CacheFolderError(exc.errno, f"cannot write to cache folder {folder}: {why}")
+def cache_folder_error(folder: Path, exc: OSError, action: str = "") -> CacheFolderError:
+    """A ``CacheFolderError`` naming the folder, why it cannot be written (in words), what was being done
+    (``action``, e.g. "while locking it") and what to do about it."""
+    why, hint = {
+        errno.EACCES: ("permission denied", "make it writable or choose another cache_path"),
+        errno.EPERM: ("operation not permitted", "make it writable or choose another cache_path"),
+        errno.EROFS: ("read-only file system", "choose a cache_path on a writable file system"),
+        errno.ENOSPC: ("no space left on device", "free space or choose another cache_path"),
+        errno.EDQUOT: ("disk quota exceeded", "free space or choose another cache_path"),
+    }.get(exc.errno, (exc.strerror or str(exc), "choose another cache_path"))
+    where = f" {action}" if action else ""
+    return CacheFolderError(exc.errno, f"cannot write to cache folder {folder}: {why}{where}; {hint}")

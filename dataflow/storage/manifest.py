@@ -111,10 +111,13 @@ def _cell_value(cell) -> Any:
         return None
 
 
-def path_fingerprint(path: str | os.PathLike) -> str:
-    """Fingerprint of an input file or image folder from names, sizes and modification times.
+def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> str:
+    """Fingerprint of an input file or image folder, and of the image files a table input names.
 
-    Stat-based so that a 10 GB input is not read to decide whether to resume; any edit changes mtime.
+    Stat-based (size, modification and change times, inode) so that a 10 GB input is not read to decide
+    whether to resume: an edit that keeps the size and restores the mtime still changes the change time,
+    and an image replaced by another file changes its inode. A table's rows are read for the image paths
+    in ``image_key`` (once per state of the file in a process); each named file is stat'ed every time.
     """
     path = Path(path)
     if path.is_dir():
@@ -122,24 +125,129 @@ def path_fingerprint(path: str | os.PathLike) -> str:
         # folder kept inside the image folder must not change the fingerprint of its own input.
         from dataflow.storage.inputs import iter_image_files
 
-        entries = []
-        for rel in iter_image_files(path):
-            full = path / rel
-            try:
-                st = os.stat(full)
-            except OSError:  # a dangling link or a loop: its row gets a reason; its link still counts
-                st = os.lstat(full)
-            entries.append((rel, st.st_size, st.st_mtime_ns))
-        return fingerprint("dir", str(path.resolve()), entries)
-    st = path.stat()
-    return fingerprint("file", str(path.resolve()), st.st_size, st.st_mtime_ns)
+        return fingerprint("dir", str(path.resolve()), [(rel, _stat_key(path / rel)) for rel in iter_image_files(path)])
+    key = (str(path.resolve()), _stat_key(path), image_key)
+    if key not in _NAMED_IMAGES:
+        _NAMED_IMAGES.clear()  # one input per run: a small cache, not one that grows
+        _NAMED_IMAGES[key] = _referenced_images(path, image_key) if image_key else []
+    return fingerprint("file", *key[:2], [(p, _stat_key(Path(p))) for p in _NAMED_IMAGES[key]])
+
+
+_NAMED_IMAGES: dict[tuple, list[str]] = {}  # the image files a table names, per state of the table
+
+
+def _stat_key(path: Path) -> tuple:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        try:  # a dangling link or a loop: its row gets a reason; the link itself still counts
+            st = os.lstat(path)
+        except OSError:
+            return ("absent",)
+    except OSError as exc:
+        return ("unreadable", exc.errno)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _referenced_images(path: Path, image_key: str) -> list[str]:
+    """The local image files ``image_key`` names in a table input, resolved like the loader does."""
+    from dataflow.media.loader import resolve_path
+    from dataflow.storage.formats import read_table
+    from dataflow.storage.inputs import input_kind
+
+    try:
+        kind = input_kind(path)
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            if image_key not in pq.read_schema(path).names:
+                return []
+            values = pq.read_table(path, columns=[image_key]).column(0).to_pylist()
+        else:
+            df = read_table(path, kind, skip_malformed=True)[0]
+            values = df[image_key].tolist() if image_key in df.columns else []
+    except Exception:  # an unreadable input fails in read() with its own clear error; the stat above counts
+        return []
+    base = path.resolve().parent
+    named = (v.get("path") if isinstance(v, dict) and not v.get("bytes") else v for v in values)
+    return sorted({str(resolve_path(v, base)) for v in named if isinstance(v, str) and v and "://" not in v})
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The manifest at ``path``, or None when there is no usable one: missing, unreadable, empty, not JSON, or
+    not a manifest (:func:`manifest_problem`). Resume then treats the step as not done and reruns it."""
+    return load_manifest(path)[0]
+
+
+def load_manifest(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """``(manifest, None)``, or ``(None, why it is not one)`` in words; ``(None, None)`` when no file is there."""
     try:
-        return orjson.loads(Path(path).read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:  # a folder of that name, no permission, an I/O error
+        return None, f"unreadable ({exc.strerror or exc})"
+    if not data.strip():
+        return None, "empty file"
+    try:
+        meta = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc})"
+    problem = manifest_problem(meta)
+    return (None, problem) if problem else (meta, None)
+
+
+_NUMBER = (int, float)
+_OPTIONAL_STR = (str, type(None))
+# The fields readers use as a given type (the rest are free-form); a manifest needs none, but each it has
+# must have its type, so a hand-edited or foreign file is reported instead of failing deep in a reader.
+MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,),
+    "operator": (str,),
+    "params": (dict,),
+    "input_keys": (dict,),
+    "output_keys": (dict,),
+    "thresholds": (list,),
+    "rows_in": (int, type(None)),
+    "rows_out": (int,),
+    "rows_rejected": (int,),
+    "rejected_reasons": (dict,),
+    "seconds": _NUMBER,
+    "fingerprint": (str,),
+    "input_fingerprint": _OPTIONAL_STR,
+    "columns": (list,),
+    "new_columns": (list,),
+    "file": (str,),
+    "rejected_file": _OPTIONAL_STR,
+    "cache_type": (str,),
+    "first_entry_file_name": _OPTIONAL_STR,
+    "image_base": _OPTIONAL_STR,
+}
+
+
+def manifest_problem(meta: Any) -> str | None:
+    """Why ``meta`` (parsed JSON) is not a step manifest, in words, or None when it is one."""
+    if not isinstance(meta, dict):
+        return f"a JSON {_json_type(meta)}, not an object"
+    wrong = [
+        f"{key} is a {_json_type(meta[key])}"
+        for key, types in MANIFEST_FIELDS.items()
+        if key in meta and (not isinstance(meta[key], types) or (isinstance(meta[key], bool) and bool not in types))
+    ]
+    if "step" in meta and not wrong and meta["step"] < 0:
+        wrong.append("step is negative")
+    return "; ".join(wrong) or None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    for kinds, name in ((dict, "object"), (list, "array"), (str, "string"), (_NUMBER, "number")):
+        if isinstance(value, kinds):
+            return name
+    return type(value).__name__
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 # Columns a rejected row gets to say why; an input column of the same name is kept as ``input_<name>``.
@@ -23,3 +25,13 @@ def keep_user_columns(frame: pd.DataFrame, names) -> pd.DataFrame:
     written there (``reason`` -> ``input_reason``), so a user's own column is never overwritten."""
     clash = {n: user_column_name(n, frame.columns) for n in names if n in frame.columns}
     return frame.rename(columns=clash) if clash else frame
+
+
+def row_name(value: Any, label: Any) -> Any:
+    """How provenance (``duplicate_of``) names a row: its image path, the ``path`` of a Hugging Face image
+    ``{"bytes", "path"}`` dict, else its row label; never the image bytes themselves."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("path"), str) and value["path"]:
+        return value["path"]
+    return label.item() if hasattr(label, "item") else label

@@ -41,7 +41,7 @@ from dataflow.engines.ray.io import ROW_ID, Slice, read_slice
 from dataflow.engines.ray.rowwise import SliceJob, dumps, loads, write_outputs
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import read_table, write_table
-from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, user_column_name
+from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, row_name, user_column_name
 
 if TYPE_CHECKING:
     from dataflow.engines.ray.runner import StepRun
@@ -467,7 +467,7 @@ def _lookup(run: StepRun, rids: np.ndarray, column: str | None) -> dict[int, Any
     out: dict[int, Any] = {}
     for blob in run.map_items(items, lookup_values, {"column": column}, num_gpus=0).to_pandas()["blob"].tolist():
         wanted, values = loads(blob)
-        out.update(zip(wanted.tolist(), values))
+        out.update((r, row_name(v, r)) for r, v in zip(wanted.tolist(), values))
     return out
 
 

@@ -43,6 +43,7 @@ class ImageAestheticEvaluator(ImageEvaluator):
     )
     description_zh = "用 LAION 改进版美学评分器（CLIP ViT-L/14 嵌入上的 MLP，本地权重）写出 aesthetic_score 分数。"
     loads_model = True
+    model_params = {"model_path": "weights", "clip_model_name": "image"}
     columns = ("aesthetic_score",)
     renames = {"aesthetic_score": "output_score_key"}
 

@@ -37,6 +37,7 @@ class ImageEmbeddingEvaluator(ImageEvaluator):
     description = "L2-normalised image embedding per row from a local CLIP model or EfficientNet-Lite0 (no network)."
     description_zh = "用本地 CLIP 或 EfficientNet-Lite0 计算每张图像的 L2 归一化嵌入向量（不联网）。"
     loads_model = True
+    model_params = {"model_name": "image"}
     columns = ("embedding",)
     object_columns = frozenset(columns)
     renames = {"embedding": "output_embedding_key"}

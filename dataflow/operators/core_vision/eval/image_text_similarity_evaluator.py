@@ -76,6 +76,7 @@ class ImageTextSimilarityEvaluator(ImageEvaluator):
     description = "CLIP cosine between each image and its caption(s) -> clip_score (mean or max over captions)."
     description_zh = "用本地 CLIP 计算图像与其描述文本（一条或多条）的余弦相似度 clip_score。"
     loads_model = True
+    model_params = {"model_name": "clip"}
     columns = ("clip_score",)
     renames = {"clip_score": "output_score_key"}
 

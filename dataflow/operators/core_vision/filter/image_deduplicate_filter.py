@@ -54,6 +54,7 @@ class ImageDeduplicateFilter(DedupFilter):
     weight_name = "similarity"
     score_key = "output_score_key"
     loads_model = True
+    model_params = {"model_name": "image"}
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
     example = Example.on_example_data(
