@@ -117,6 +117,32 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
     rep.add_argument("--max-thumbnails", type=int, default=400, help="most images embedded (default 400)")
     rep.set_defaults(func=cmd_report)
+
+    exp = sub.add_parser(
+        "export",
+        help="write the kept rows of a step as an image folder (copies or links), WebDataset shards, "
+        "a Hugging Face dataset or JSON lines",
+    )
+    exp.add_argument("cache_dir", help="the pipeline's cache folder")
+    exp.add_argument(
+        "--format",
+        required=True,
+        choices=["folder", "symlink", "hardlink", "webdataset", "hf", "jsonl"],
+        help="folder: images + metadata.jsonl (HF imagefolder); symlink / hardlink: the same with links; "
+        "webdataset: tar shards; hf: Parquet with an Image feature; jsonl: rows with absolute paths",
+    )
+    exp.add_argument("--out", required=True, help="folder to write (new or empty; see --overwrite)")
+    exp.add_argument("--step", type=int, help="step to export (default: the last one written)")
+    exp.add_argument("--prefix", help="file_name_prefix, when the folder holds several pipelines")
+    exp.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (webdataset, hf; default 10000)")
+    exp.add_argument("--image-key", help="image column (default: the pipeline's input_image_key, else image)")
+    exp.add_argument("--text-key", help="caption column (default: the pipeline's text key, else caption/text/prompt)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    exp.add_argument(
+        "--skip-missing", action="store_true", help="exit 0 when rows are left out because their image cannot be read"
+    )
+    exp.add_argument("--json", action="store_true", help="print the export manifest as JSON")
+    exp.set_defaults(func=cmd_export)
     return p
 
 
@@ -372,6 +398,43 @@ def cmd_report(args) -> int:
     except ReportError as exc:
         raise _UserError(str(exc)) from None
     print(path)
+    return 0
+
+
+# ---------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    """Export a step; exit 1 (one line on stderr) when rows were left out because their image is unreadable."""
+    from dataflow.export import ExportError, MissingImagesError, export
+
+    try:
+        result = export(
+            args.cache_dir,
+            args.out,
+            args.format,
+            step=args.step,
+            prefix=args.prefix,
+            shard_size=args.shard_size,
+            image_key=args.image_key,
+            text_key=args.text_key,
+            overwrite=args.overwrite,
+            skip_missing=args.skip_missing,
+        )
+    except MissingImagesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ExportError as exc:
+        raise _UserError(str(exc)) from None
+    if args.json:
+        print(result.manifest_path.read_text(encoding="utf-8"), end="")
+        return 0
+    size = f"{result.bytes_written / 1e6:.1f} MB" if result.bytes_written >= 1e5 else f"{result.bytes_written} bytes"
+    how = ", ".join(f"{n} {what}" for what, n in result.images.items())
+    print(
+        f"exported {result.rows} rows of step {result.step} ({result.prefix}) as {result.format} to "
+        f"{result.out_dir}: {size} written{f' ({how})' if how else ''}"
+    )
+    if result.failures:
+        print(f"skipped {len(result.failures)} rows whose image cannot be read (see {result.manifest_path})")
     return 0
 
 
