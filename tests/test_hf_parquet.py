@@ -72,3 +72,18 @@ def test_inspect_shows_image_bytes_as_a_short_placeholder(tmp_path, capsys):
     assert row["image"]["path"] == "img_0.jpg"
     assert row["image"]["bytes"].startswith("<jpeg, ") and row["image"]["bytes"].endswith(" B>")
     assert row["tags"] == ["a", "b"]
+
+
+def test_a_parquet_step_keeps_the_image_feature_for_datasets(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = hf_shard(tmp_path / "shard.parquet")
+    storage = FileStorage(src, cache_path=tmp_path / "cache", file_name_prefix="hf", cache_type="parquet")
+    ImageMetadataEvaluator(num_workers=1).run(storage.step())
+    ImageResolutionFilter(min_width=50).run(storage.step())
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(storage.step_path(2)), split="train", cache_dir=str(tmp_path / "hf_cache")
+    )
+    assert isinstance(ds.features["image"], datasets.Image)
+    assert [ds[i]["image"].size for i in range(len(ds))] == [(56, 30), (64, 30), (72, 30), (80, 30)]
+    assert ds["width"] == [56, 64, 72, 80] and ds["tags"][0] == ["a", "b"]

@@ -22,11 +22,11 @@ import dataflow
 from dataflow.export.common import ExportError, Run, image_extension
 from dataflow.media.loader import is_null
 from dataflow.storage.atomic import atomic_path
+from dataflow.storage.hf_features import IMAGE_TYPE, features
 
 DATA = "data"
 ROW_GROUP_ROWS = 100  # what datasets uses for image datasets (config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS)
 MAX_SHARD_BYTES = 500 << 20  # a shard also ends at this much image data (push_to_hub's default shard size)
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _SCHEMA_ROWS = 2048
 
 
@@ -237,48 +237,6 @@ def _float_lists(t: pa.DataType, float32: bool) -> pa.DataType:
     if _is_float_list(t):
         return pa.list_(pa.float32() if float32 else pa.float64())
     return t
-
-
-_VALUE_TYPES = {
-    pa.bool_(): "bool",
-    pa.int8(): "int8",
-    pa.int16(): "int16",
-    pa.int32(): "int32",
-    pa.int64(): "int64",
-    pa.uint8(): "uint8",
-    pa.uint16(): "uint16",
-    pa.uint32(): "uint32",
-    pa.uint64(): "uint64",
-    pa.float16(): "float16",
-    pa.float32(): "float32",
-    pa.float64(): "float64",
-    pa.string(): "string",
-    pa.large_string(): "large_string",
-    pa.binary(): "binary",
-    pa.large_binary(): "large_binary",
-    pa.null(): "null",
-}
-
-
-def features(schema: pa.Schema, image_key: str) -> dict:
-    """The ``datasets`` features of the columns it has a plain name for (``Image``, ``Value``, ``Sequence``);
-    ``datasets`` infers the others (structs, timestamps) from their Arrow type."""
-    out: dict[str, Any] = {}
-    for f in schema:
-        feature = {"_type": "Image"} if f.name == image_key else _feature(f.type)
-        if feature is not None:
-            out[f.name] = feature
-    return out
-
-
-def _feature(t: pa.DataType) -> dict | None:
-    if t in _VALUE_TYPES:
-        return {"dtype": _VALUE_TYPES[t], "_type": "Value"}
-    if pa.types.is_list(t):
-        inner = _feature(t.value_type)
-        # "Sequence": what datasets < 4 writes and datasets >= 4 still reads (as List); "List" older ones refuse.
-        return None if inner is None else {"feature": inner, "_type": "Sequence"}
-    return None
 
 
 def _card(src, rows: int) -> str:

@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataflow.storage.hf_features import with_hf_features
+
 CACHE_TYPES = ("jsonl", "json", "csv", "parquet")
 INPUT_TYPES = CACHE_TYPES
 BYTES_TAG = "__bytes__"
@@ -362,7 +364,7 @@ def _write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
 
         write_csv_table(df, path)
     elif kind == "parquet":
-        table = to_arrow(df)
+        table = with_hf_features(to_arrow(df))  # datasets.load_dataset then gives the images back as images
         # Row groups of ~_ROW_GROUP_BYTES: the writer's and the reader's scratch memory scale with a row
         # group, not with the file (one 1M-row group of embeddings needs ~1 GB of it).
         rows = max(1, min(len(table), int(_ROW_GROUP_BYTES * len(table) / max(table.nbytes, 1))))
