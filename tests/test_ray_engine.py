@@ -172,6 +172,20 @@ def run_both(make, tmp_path, resources=None):
 
 
 @needs_ray
+def test_an_hf_shard_keeps_its_images_in_the_shard_on_ray_too(local_ray, tmp_path):
+    from test_hf_parquet import hf_shard
+
+    src = hf_shard(tmp_path / "shard.parquet")
+    local, on_ray = run_both(
+        lambda c: PhotoPipeline(src, c), tmp_path, resources={i: {"batch_size": 3} for i in range(1, 7)}
+    )
+    assert_same_steps(local.storage, on_ray.storage, 6)
+    images = _read(on_ray.storage, 6)["image"].tolist()
+    assert images and all(isinstance(v, str) and "shard.parquet#row=" in v for v in images)
+    assert _read(on_ray.storage, 2)["width"].notna().all()  # every reference read back in the workers
+
+
+@needs_ray
 def test_photos_same_kept_and_rejected_rows_as_local(local_ray, photo_manifest, tmp_path):
     # small batches: every step runs as several tasks and the dedups shuffle across partitions
     local, on_ray = run_both(

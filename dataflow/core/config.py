@@ -124,8 +124,10 @@ def _build_storage(cfg: dict, problems: list[str], base_dir: str | os.PathLike |
     if "first_entry_file_name" not in cfg:
         problems.append("storage: missing 'first_entry_file_name' (the input file or image folder)")
         return None
+    from dataflow.storage.inputs import input_exists
+
     entry = Path(str(cfg["first_entry_file_name"]))
-    if not entry.exists():
+    if not input_exists(str(cfg["first_entry_file_name"])):
         problems.append(f"storage: input {str(entry)!r} does not exist (relative paths are taken against {base})")
     if bad:
         return None
@@ -139,7 +141,11 @@ def _build_storage(cfg: dict, problems: list[str], base_dir: str | os.PathLike |
 def _against(value: Any, base: Path) -> Any:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         return value  # not a path: FileStorage says what it wants (FileStorage("") is allowed)
-    path = Path(os.path.expanduser(os.fspath(value)))
+    text = os.fspath(value)
+    if text.startswith("hf:"):  # a dataset name stays a name; hf:./folder is a path like any other
+        name, sep, rest = text[3:].partition(":")
+        return "hf:" + _against(name, base) + sep + rest if name.startswith((".", "~")) else text
+    path = Path(os.path.expanduser(text))
     return str(path if path.is_absolute() else base / path)
 
 

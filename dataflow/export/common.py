@@ -20,6 +20,8 @@ import orjson
 
 from dataflow.log import get_logger, progress
 from dataflow.media.errors import ImageLoadError
+from dataflow.media.loader import is_null
+from dataflow.media.table_rows import parse_reference, reference_name
 from dataflow.storage.atomic import atomic_write_bytes
 from dataflow.storage.formats import BYTES_TAG
 from dataflow.storage.inputs import IMAGE_EXTENSIONS
@@ -234,6 +236,24 @@ def display_image(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- names and extensions
+
+
+def own_name(value: Any) -> str | None:
+    """The name an image goes by: a dict's ``path``; for a reference into a container the image's own
+    name (a table row's ``path``, a tar member's name), not the container's; else the path itself."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if not isinstance(value, (str, os.PathLike)) or is_null(value):
+        return None
+    text = os.fspath(value)
+    if parse_reference(text) is not None:
+        return reference_name(text)
+    head, sep, member = text.rpartition("#")
+    if sep and head.lower().endswith(".tar") and member and not os.path.exists(text):
+        return member
+    return text or None
+
+
 def has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 

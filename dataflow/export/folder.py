@@ -18,6 +18,7 @@ from dataflow.export.common import (
     image_extension,
     link_error_reason,
     logger,
+    own_name,
     safe_relative,
 )
 from dataflow.media.errors import ImageLoadError
@@ -171,10 +172,9 @@ def _planned(src, value: Any) -> str | None:
 
 
 def _basename(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("path")
-    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
-        base = Path(os.fspath(value).replace("\\", "/")).name
+    value = own_name(value)
+    if value:
+        base = Path(value.replace("\\", "/")).name
         if safe_relative(base):
             return base
     return "image"

@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import dataflow
-from dataflow.export.common import ExportError, Run, image_extension
-from dataflow.media.loader import is_null
+from dataflow.export.common import ExportError, Run, image_extension, own_name
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.hf_features import IMAGE_TYPE, features
 
@@ -66,10 +65,9 @@ def write(run: Run) -> None:
 
 def _path(value: Any, index: int, data: bytes) -> str:
     """The ``path`` of the image struct: the source's file name, as ``datasets`` stores for embedded files."""
-    if isinstance(value, dict):
-        value = value.get("path")
-    if isinstance(value, (str, os.PathLike)) and not is_null(value) and os.fspath(value):
-        return Path(os.fspath(value)).name
+    value = own_name(value)
+    if value:
+        return Path(value).name
     return f"{index}.{image_extension(None, data)}"
 
 

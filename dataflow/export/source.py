@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from dataflow.export.common import ExportError
-from dataflow.media.loader import is_null, read_source_bytes, resolve_path
+from dataflow.export.common import ExportError, own_name
+from dataflow.media.loader import read_source_bytes, resolve_path
 from dataflow.storage.cache_folder import CacheFolderReadError, load_manifests, only_prefix
 from dataflow.storage.formats import _decode_tags, read_columns, read_table
 
@@ -150,11 +150,7 @@ class StepSource:
 
     def relative_name(self, value: Any) -> str | None:
         """The image's path relative to the image base, as a POSIX path, when it lies under it; else None."""
-        if isinstance(value, dict):
-            value = value.get("path")
-        if not isinstance(value, (str, os.PathLike)) or is_null(value):
-            return None
-        text = os.fspath(value)
+        text = own_name(value)
         if not text or "://" in text:
             return None
         text = os.path.expanduser(text)

@@ -8,13 +8,12 @@ of the same step are byte-identical. Each shard is written to a temp file and re
 
 from __future__ import annotations
 
-import os
 import tarfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from dataflow.export.common import Run, dumps, image_extension, logger, safe_relative
+from dataflow.export.common import Run, dumps, image_extension, logger, own_name, safe_relative
 from dataflow.media.loader import is_null
 from dataflow.storage.atomic import atomic_path
 
@@ -27,7 +26,8 @@ _NUL_BLOCK = b"\0" * BLOCK
 def write(run: Run) -> None:
     src = run.source
     keys = _keys(src)
-    skip = {src.image_key, KEY} | ({src.text_key} if src.text_key else set())
+    # __url__ names the shard a sample was read from: the export's own shard replaces it.
+    skip = {src.image_key, KEY, "__url__"} | ({src.text_key} if src.text_key else set())
     shards = ShardWriter(run.out, run.shard_size)
     try:
         for index, row, value, data in run.rows_with_bytes():
@@ -73,9 +73,7 @@ def _usable_key(key: Any) -> bool:
 
 
 def _source_name(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("path")
-    return os.fspath(value) if isinstance(value, (str, os.PathLike)) and not is_null(value) else None
+    return own_name(value)
 
 
 def _text(value: Any) -> str:

@@ -73,7 +73,15 @@ def is_null(value: Any) -> bool:
 
 
 def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) -> tuple[bytes, str]:
-    """Return the encoded bytes of a source and a label for messages."""
+    """Return the encoded bytes of a source and a label for messages.
+
+    A path that is not a file but reads ``"<tar>#<member>"`` with an existing tar file on the left (a
+    WebDataset shard, relative to ``base_dir`` like any path) is that member's bytes, read at its offset
+    through a per-process index of the tar's headers (:mod:`dataflow.media.tar_members`); one that reads
+    ``"<table>#row=<i>&column=<c>"`` is an image kept inside a Parquet shard or a `datasets` Arrow file
+    (:mod:`dataflow.media.table_rows`). A file whose own name holds a ``#`` is still that file: the file is
+    tried first.
+    """
     if isinstance(source, dict):
         data = source.get("bytes")
         path = source.get("path")
@@ -110,13 +118,47 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
         except ImageLoadError:
             raise
         except (FileNotFoundError, NotADirectoryError):
-            raise ImageLoadError("missing", f"no such file: {path}", str(path)) from None
+            data = None  # no such file; it may still name a member of a tar ("shard.tar#0001.jpg")
         except (OSError, ValueError) as exc:  # permission, name too long, embedded NUL, I/O error
             raise ImageLoadError("error", f"cannot read {path}: {exc}", str(path)) from None
+        if data is None:
+            text = os.fspath(source)
+            if isinstance(text, str) and "#" in text:
+                row = _table_row(text, base_dir)
+                if row is not None:
+                    return row
+                from dataflow.media.tar_members import read_reference
+
+                return read_reference(text, base_dir)
+            raise ImageLoadError("missing", f"no such file: {path}", str(path))
         if not data:
             raise ImageLoadError("empty", f"zero-byte file: {path}", str(path))
         return data, str(path)
     raise ImageLoadError("unsupported", f"cannot load an image from a {type(source).__name__}", repr(source)[:200])
+
+
+def _table_row(text: str, base_dir) -> tuple[bytes, str] | None:
+    """The bytes a ``"<table>#row=<i>&column=<c>"`` reference names (:mod:`dataflow.media.table_rows`)."""
+    from dataflow.media.table_rows import parse_reference, read_row
+
+    ref = parse_reference(text)
+    if ref is None:
+        return None
+    table, row, column = ref
+    path = resolve_path(table, base_dir)
+    try:
+        data = read_row(path, row, column)
+    except FileNotFoundError:
+        raise ImageLoadError("missing", f"no such file: {path} (the table this row's image is in)", text) from None
+    except (IndexError, KeyError):
+        raise ImageLoadError("missing", f"{path} has no row {row} in a column {column!r}", text) from None
+    except Exception as exc:  # a damaged or replaced table
+        raise ImageLoadError("error", f"cannot read row {row} of {path}: {type(exc).__name__}: {exc}", text) from None
+    if data is None:
+        raise ImageLoadError("missing", f"row {row} of {path} holds no image bytes", text)
+    if not data:
+        raise ImageLoadError("empty", f"row {row} of {path} holds zero-length bytes", text)
+    return data, text
 
 
 def open_image(

@@ -15,7 +15,7 @@ import pandas as pd
 
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
-from dataflow.storage.inputs import input_kind, list_image_folder
+from dataflow.storage.inputs import HF, WEBDATASET, input_base, input_kind, read_input
 from dataflow.storage.lock import cache_folder_error
 from dataflow.storage.manifest import (
     StorageError,
@@ -84,9 +84,9 @@ class FileStorage:
 
     @property
     def image_base(self) -> str:
-        """Folder that relative image paths resolve against: the input file's folder (or the image folder)."""
-        entry = Path(self.first_entry_file_name).resolve()
-        return str(entry if entry.is_dir() else entry.parent)
+        """Folder that relative image paths resolve against: the input file's folder (or the image folder;
+        for WebDataset shards the shard folder, the ``.tar``'s folder or a pattern's common folder)."""
+        return input_base(self.first_entry_file_name)
 
     def step(self) -> FileStorage:
         """Advance to the next step and return a storage positioned there (DataFlow semantics)."""
@@ -153,10 +153,9 @@ class FileStorage:
         # the step (rows appended) then no longer matches, and the next run redoes the step.
         self._input_fingerprint = self.step_fingerprint(step)
         if step == 0:
-            kind = self.input_kind
-            if kind == "folder":
-                return list_image_folder(self.first_entry_file_name, self.image_key)
-            df, self._malformed = read_table(self.first_entry_file_name, kind, skip_malformed=self.skip_malformed_rows)
+            df, self._malformed = read_input(
+                self.first_entry_file_name, self.input_kind, self.image_key, skip_malformed=self.skip_malformed_rows
+            )
             return df
         path = self.step_path(step)
         if not path.exists():
@@ -176,6 +175,14 @@ class FileStorage:
             kind = self.input_kind
             if kind == "folder":
                 return [self.image_key]
+            if kind == WEBDATASET:
+                from dataflow.storage.webdataset import shard_columns
+
+                return shard_columns(self.first_entry_file_name, self.image_key)
+            if kind == HF:
+                from dataflow.storage.hf_input import hf_columns
+
+                return hf_columns(self.first_entry_file_name)
             return read_columns(self.first_entry_file_name, kind)
         meta = self.manifest(step)
         if meta and "columns" in meta:

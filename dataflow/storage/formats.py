@@ -94,13 +94,17 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
         return read_csv_table(path), []
     if kind == "parquet":
         _check_unique_names(pq.read_schema(path).names if path.is_file() else [], path)
-        table = pq.read_table(path)
-        # self_destruct frees each Arrow column once converted: the peak is ~one copy, not two.
-        df = table.to_pandas(integer_object_nulls=True, self_destruct=True, split_blocks=True)
-        del table
-        pa.default_memory_pool().release_unused()  # hand the decoder's scratch memory back to the OS
-        return df, []
+        return frame_from_arrow(pq.read_table(path)), []
     raise StorageFormatError(f"cannot read {path}: unknown type {kind!r}")
+
+
+def frame_from_arrow(table: pa.Table) -> pd.DataFrame:
+    """A frame from an Arrow table as every Parquet read makes it (ints with nulls stay ints)."""
+    # self_destruct frees each Arrow column once converted: the peak is ~one copy, not two.
+    df = table.to_pandas(integer_object_nulls=True, self_destruct=True, split_blocks=True)
+    del table
+    pa.default_memory_pool().release_unused()  # hand the decoder's scratch memory back to the OS
+    return df
 
 
 def _check_unique_names(names: list[str], path: Path) -> list[str]:

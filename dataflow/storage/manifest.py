@@ -119,7 +119,19 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
     and an image replaced by another file changes its inode. A table's rows are read for the image paths
     in ``image_key`` (once per state of the file in a process); each named file is stat'ed every time.
     """
-    path = Path(path)
+    from dataflow.storage import webdataset as wds
+    from dataflow.storage.hf_input import hf_fingerprint_parts, is_hf
+
+    text = os.fspath(path)
+    if is_hf(text):
+        return fingerprint("hf", *hf_fingerprint_parts(text), image_key)
+    path = Path(text)
+    if _is_webdataset(path, text):
+        # Every shard's stat key (a pattern's whole expanded list, a missing shard as "absent"); the image
+        # references point into these files, so nothing else needs a stat.
+        base = wds.shard_base(text)
+        shards = [(os.path.relpath(p.resolve(), base), _stat_key(p)) for p in wds.expected_shards(text)]
+        return fingerprint("webdataset", str(base), shards, image_key)
     if path.is_dir():
         # The files the step lists (images, hidden ones skipped), not the folder's other contents: a cache
         # folder kept inside the image folder must not change the fingerprint of its own input.
@@ -134,6 +146,20 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
 
 
 _NAMED_IMAGES: dict[tuple, list[str]] = {}  # the image files a table names, per state of the table
+
+
+def _is_webdataset(path: Path, text: str) -> bool:
+    """A ``.tar``, a brace pattern, or a folder read as shards (what ``input_kind`` calls webdataset)."""
+    from dataflow.storage.inputs import WEBDATASET, input_kind
+
+    if not path.is_dir() and not text.lower().endswith(".tar") and "{" not in text:
+        return False  # the common inputs decide without a folder walk
+    try:
+        return input_kind(text) == WEBDATASET
+    except (OSError, ValueError):  # a missing shard, a compressed tar: read() says so; fingerprint what is there
+        from dataflow.storage import webdataset as wds
+
+        return wds.is_brace_pattern(text)
 
 
 def _stat_key(path: Path) -> tuple:
@@ -170,7 +196,9 @@ def _referenced_images(path: Path, image_key: str) -> list[str]:
         return []
     base = path.resolve().parent
     named = (v.get("path") if isinstance(v, dict) and not v.get("bytes") else v for v in values)
-    return sorted({str(resolve_path(v, base)) for v in named if isinstance(v, str) and v and "://" not in v})
+    files = {str(resolve_path(v, base)) for v in named if isinstance(v, str) and v and "://" not in v}
+    # A reference into a container ("x.tar#member", "x.parquet#row=3&column=image") changes with its container.
+    return sorted({f if os.path.exists(f) or "#" not in f else f.rpartition("#")[0] for f in files})
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:

@@ -47,7 +47,7 @@ from dataflow.engines.ray.rowwise import (
 from dataflow.log import get_logger
 from dataflow.storage.file_storage import StorageError
 from dataflow.storage.formats import read_table, write_table
-from dataflow.storage.inputs import list_image_folder
+from dataflow.storage.inputs import read_input
 from dataflow.storage.lock import CacheLock
 from dataflow.storage.manifest import check_accounting, step_manifest, write_manifest
 
@@ -236,17 +236,14 @@ class RayEngine:
         if key in self._staged:
             return self._staged[key]
         kind = storage.input_kind
-        if kind == "parquet":
+        if kind == "parquet" and not _embeds_images(storage.first_entry_file_name, storage.image_key):
             files = [os.fspath(Path(storage.first_entry_file_name).resolve())]
             _, rows = rio.plan_slices(files, 1 << 62)
             src = StepInput(files, rows, _schema_names(files), [])
-        else:
-            if kind == "folder":
-                df, malformed = list_image_folder(storage.first_entry_file_name, storage.image_key), []
-            else:
-                df, malformed = read_table(
-                    storage.first_entry_file_name, kind, skip_malformed=storage.skip_malformed_rows
-                )
+        else:  # read as FileStorage reads it (shards, hf:, embedded images as references), then staged
+            df, malformed = read_input(
+                storage.first_entry_file_name, kind, storage.image_key, skip_malformed=storage.skip_malformed_rows
+            )
             staged = rio.stage_input(df, Path(storage.cache_path).resolve(), f"{storage.file_name_prefix}_step0")
             self._staged_files.append(staged)
             src = StepInput([str(staged)], len(df), [str(c) for c in df.columns], list(malformed))
@@ -542,6 +539,15 @@ def run_pipeline(
                 {"step": call.step + 1, "operator": type(call.operator).__name__, "status": "ran", "manifest": manifest}
             )
     return results
+
+
+def _embeds_images(path, image_key: str) -> bool:
+    import pyarrow.parquet as pq
+
+    from dataflow.storage.embedded import embeds_images
+
+    schema = pq.read_schema(path)
+    return image_key in schema.names and embeds_images(schema.field(image_key))
 
 
 def run_config_pipeline(
