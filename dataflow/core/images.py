@@ -12,13 +12,23 @@ ERROR_COLUMN = "image_error"
 ERROR_DETAIL_COLUMN = "image_error_detail"  # the loader's own words ("Truncated File Read"), for later steps
 
 
+class ImageColumnError(ValueError):
+    """The image column holds no images at all (URLs, say): one clear message, not a reason per row."""
+
+
 def image_column(df: pd.DataFrame, key: str, operator: str) -> list:
     """The values of the image column, or a clear error naming the operator and the columns there are."""
     if key not in df.columns:
         raise KeyError(
             f"{operator}: input_image_key={key!r} is not a column (columns: {', '.join(map(str, df.columns))})"
         )
-    return df[key].tolist()
+    values = df[key].tolist()
+    from dataflow.media.http_fetch import url_hint
+
+    hint = url_hint(values)
+    if hint:
+        raise ImageColumnError(f"{operator}: input_image_key={key!r}: {hint}")
+    return values
 
 
 def errors_of(results: list[ItemResult]) -> pd.Series:

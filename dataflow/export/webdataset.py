@@ -8,6 +8,7 @@ of the same step are byte-identical. Each shard is written to a temp file and re
 
 from __future__ import annotations
 
+import io
 import tarfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -123,7 +124,8 @@ class ShardWriter:
         target = self.out / f"{len(self.written):06d}.tar"
         self._stack = ExitStack()
         tmp = self._stack.enter_context(atomic_path(target))
-        self._fh = self._stack.enter_context(open(tmp, "wb", buffering=1 << 20))  # noqa: SIM115 (closed in _finish)
+        # closed by the stack in _finish (or abort): the shard stays open across many add() calls
+        self._fh = self._stack.enter_context(io.BufferedWriter(io.FileIO(tmp, "wb"), buffer_size=1 << 20))
         self._target, self._samples = target, 0
 
     def _finish(self) -> None:

@@ -7,6 +7,7 @@ with a reason code, so callers can record why a row was dropped instead of crash
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -105,6 +106,10 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
     if isinstance(source, (str, os.PathLike)):
         if os.fspath(source) == "":
             raise ImageLoadError("missing", "empty path", "")
+        if isinstance(source, str) and "#row=" in source:  # a row of a table input: no file is named so
+            row = _table_row(source, base_dir)
+            if row is not None:
+                return row
         path = resolve_path(source, base_dir)
         try:
             mode = path.stat().st_mode  # follows links: a dangling one is missing, a loop an error
@@ -124,9 +129,6 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
         if data is None:
             text = os.fspath(source)
             if isinstance(text, str) and "#" in text:
-                row = _table_row(text, base_dir)
-                if row is not None:
-                    return row
                 from dataflow.media.tar_members import read_reference
 
                 return read_reference(text, base_dir)
@@ -137,6 +139,11 @@ def read_source_bytes(source: Any, base_dir: str | os.PathLike | None = None) ->
     raise ImageLoadError("unsupported", f"cannot load an image from a {type(source).__name__}", repr(source)[:200])
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved_table(table: str, base_dir: str | None) -> Path:
+    return resolve_path(table, base_dir)  # every row of a shard names the same table: resolve it once
+
+
 def _table_row(text: str, base_dir) -> tuple[bytes, str] | None:
     """The bytes a ``"<table>#row=<i>&column=<c>"`` reference names (:mod:`dataflow.media.table_rows`)."""
     from dataflow.media.table_rows import parse_reference, read_row
@@ -145,7 +152,7 @@ def _table_row(text: str, base_dir) -> tuple[bytes, str] | None:
     if ref is None:
         return None
     table, row, column = ref
-    path = resolve_path(table, base_dir)
+    path = _resolved_table(table, None if base_dir is None else os.fspath(base_dir))
     try:
         data = read_row(path, row, column)
     except FileNotFoundError:

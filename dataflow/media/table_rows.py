@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from bisect import bisect_right
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -75,26 +77,26 @@ class _ParquetRows:
     def __init__(self, path: Path):
         self.file = pq.ParquetFile(path)
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
-        self.starts = np.cumsum([0, *sizes])
+        self.starts = np.cumsum([0, *sizes]).tolist()
         self.names = set(self.file.schema_arrow.names)
-        self.groups: OrderedDict[tuple[int, str], pa.Array] = OrderedDict()
+        self.groups: OrderedDict[tuple[int, str], list] = OrderedDict()
 
     def value(self, row: int, column: str) -> bytes | None:
         if column not in self.names:
             raise KeyError(column)
         if not 0 <= row < self.starts[-1]:
             raise IndexError(row)
-        group = int(np.searchsorted(self.starts, row, side="right") - 1)
+        group = bisect_right(self.starts, row) - 1
         key = (group, column)
         with _LOCK:
-            arr = self.groups.pop(key, None)
-        if arr is None:
-            arr = self.file.read_row_group(group, columns=[column]).column(0).combine_chunks()
+            cells = self.groups.pop(key, None)
+        if cells is None:  # one conversion per group: a row is then a list index, not an Arrow scalar
+            cells = _byte_cells(self.file.read_row_group(group, columns=[column]).column(0).combine_chunks())
         with _LOCK:
-            self.groups[key] = arr
+            self.groups[key] = cells
             while len(self.groups) > _GROUPS_KEPT:
                 self.groups.popitem(last=False)
-        return _bytes_of(arr, row - int(self.starts[group]))
+        return cells[row - int(self.starts[group])]
 
 
 class _ArrowRows:
@@ -115,6 +117,16 @@ class _ArrowRows:
         return _bytes_of(self.table.column(column).slice(row, 1).combine_chunks(), 0)
 
 
+def _byte_cells(arr: pa.Array) -> list:
+    """The image bytes of every cell of a column (None where a cell holds none)."""
+    if pa.types.is_struct(arr.type):
+        if arr.type.get_field_index("bytes") < 0:
+            return [None] * len(arr)
+        valid = arr.is_valid().to_pylist()
+        return [b if ok else None for b, ok in zip(arr.field("bytes").to_pylist(), valid)]
+    return arr.to_pylist()
+
+
 def _bytes_of(arr: pa.Array, i: int) -> bytes | None:
     if pa.types.is_struct(arr.type):
         arr = arr.field("bytes") if arr.type.get_field_index("bytes") >= 0 else None
@@ -127,8 +139,16 @@ def _bytes_of(arr: pa.Array, i: int) -> bytes | None:
 _TABLES: OrderedDict[tuple, _ParquetRows | _ArrowRows] = OrderedDict()
 
 
+_CHECKED: dict[str, tuple[float, tuple]] = {}  # path -> (when its stat was last taken, the stat)
+_RECHECK_S = 1.0  # a table replaced mid-step is noticed within a second; not one stat per row
+
+
 def _table(path: Path):
-    key = (str(path), *_stat(path))
+    name, now = str(path), time.monotonic()
+    seen = _CHECKED.get(name)
+    if seen is None or now - seen[0] > _RECHECK_S:
+        seen = _CHECKED[name] = (now, _stat(path))
+    key = (name, *seen[1])
     with _LOCK:
         table = _TABLES.pop(key, None)
     if table is None:

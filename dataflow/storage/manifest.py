@@ -175,6 +175,30 @@ def _stat_key(path: Path) -> tuple:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def _parquet_image_values(path: Path, image_key: str) -> list:
+    """The strings a Parquet input's image column holds, a batch at a time; embedded images (which live in
+    the shard, covered by its own stat) are skipped without turning their bytes into Python objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    if image_key not in schema.names:
+        return []
+    values: list = []
+    for batch in pq.ParquetFile(path).iter_batches(columns=[image_key], batch_size=4096):
+        col = batch.column(0)
+        if pa.types.is_struct(col.type):
+            if col.type.get_field_index("path") < 0:
+                continue
+            paths = col.field("path")
+            col = paths.filter(pc.is_null(col.field("bytes"))) if col.type.get_field_index("bytes") >= 0 else paths
+        elif not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue  # raw bytes, numbers: nothing is named
+        values += col.to_pylist()
+    return values
+
+
 def _referenced_images(path: Path, image_key: str) -> list[str]:
     """The local image files ``image_key`` names in a table input, resolved like the loader does."""
     from dataflow.media.loader import resolve_path
@@ -184,11 +208,7 @@ def _referenced_images(path: Path, image_key: str) -> list[str]:
     try:
         kind = input_kind(path)
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            if image_key not in pq.read_schema(path).names:
-                return []
-            values = pq.read_table(path, columns=[image_key]).column(0).to_pylist()
+            values = _parquet_image_values(path, image_key)
         else:
             df = read_table(path, kind, skip_malformed=True)[0]
             values = df[image_key].tolist() if image_key in df.columns else []

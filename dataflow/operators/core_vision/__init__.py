@@ -16,10 +16,12 @@ from dataflow.operators.core_vision.filter.image_histogram_deduplicate_filter im
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
 from dataflow.operators.core_vision.filter.image_text_similarity_filter import ImageTextSimilarityFilter
 from dataflow.operators.core_vision.filter.score_range_filter import ScoreRangeFilter
+from dataflow.operators.core_vision.generate.image_downloader import ImageDownloader
 
 __all__ = [
     "ImageAestheticEvaluator",
     "ImageDeduplicateFilter",
+    "ImageDownloader",
     "ImageEmbeddingEvaluator",
     "ImageTextSimilarityEvaluator",
     "ImageTextSimilarityFilter",
