@@ -5,6 +5,18 @@ __version__ = "0.1.0"
 DISTRIBUTION = "dataflow-curate"
 
 
+version_info = tuple(int(p) if p.isdigit() else p for p in __version__.split("."))  # as DataFlow's: (0, 1, 0)
+
+
+def __getattr__(name: str):
+    # DataFlow's ``from dataflow import get_logger``; imported on first use, not with the package.
+    if name == "get_logger":
+        from dataflow.logger import get_logger
+
+        return get_logger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def install_hint(extra: str) -> str:
     """The install line for an extra, from PyPI and from a checkout."""
     return f"pip install '{DISTRIBUTION}[{extra}]' (from a checkout: pip install -e '.[{extra}]')"

@@ -57,7 +57,9 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 
 def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path:
-    """A relative path is taken against ``base_dir`` (the input file's folder), never the working directory."""
+    """A relative path is taken against ``base_dir``: the storage's ``image_base``, which is the input file's
+    folder or, for an input whose relative paths are under the working directory instead, that folder
+    (decided once per input by :mod:`dataflow.storage.image_paths`, not per row)."""
     p = Path(os.path.expanduser(os.fspath(path)))
     if not p.is_absolute() and base_dir is not None:
         p = Path(base_dir) / p

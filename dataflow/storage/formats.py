@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from dataflow.storage.hf_features import with_hf_features
 
 CACHE_TYPES = ("jsonl", "json", "csv", "parquet")
-INPUT_TYPES = CACHE_TYPES
+INPUT_TYPES = (*CACHE_TYPES, "xlsx")  # an Excel sheet is read (DataFlow reads one), never written
 BYTES_TAG = "__bytes__"
 # Values JSON has no type for, written as one-key tagged objects and read back as themselves.
 DECIMAL_TAG = "__decimal__"
@@ -95,7 +95,25 @@ def read_table(path: str | os.PathLike, kind: str, *, skip_malformed: bool = Fal
     if kind == "parquet":
         _check_unique_names(pq.read_schema(path).names if path.is_file() else [], path)
         return frame_from_arrow(pq.read_table(path)), []
+    if kind == "xlsx":
+        return _read_xlsx(path), []
     raise StorageFormatError(f"cannot read {path}: unknown type {kind!r}")
+
+
+def _read_xlsx(path: Path) -> pd.DataFrame:
+    """The first sheet of an Excel workbook, its first row the header, as DataFlow reads it
+    (``pandas.read_excel``, which needs openpyxl: an optional dependency)."""
+    import importlib.util
+    import zipfile
+
+    if importlib.util.find_spec("openpyxl") is None:
+        from dataflow import install_hint
+
+        raise StorageFormatError(f"{path}: reading an .xlsx input needs openpyxl: {install_hint('xlsx')}")
+    try:
+        return pd.read_excel(path, engine="openpyxl")
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:  # not a workbook: a renamed CSV, another zip
+        raise StorageFormatError(f"{path}: cannot read it as an Excel workbook ({exc})") from None
 
 
 def frame_from_arrow(table: pa.Table) -> pd.DataFrame:

@@ -389,6 +389,9 @@ class RayEngine:
             first_entry_file_name=storage.first_entry_file_name,
             image_base=storage.image_base,
         )
+        found = storage.image_resolution()
+        if found.is_fallback:  # the same record FileStorage writes: the images are under the working directory
+            manifest["paths_resolved_against"] = found.against
         write_manifest(storage.manifest_path(out_step), manifest)
         return manifest
 
