@@ -174,6 +174,7 @@ def cmd_run(args) -> int:
         print(f"{config_path}: OK, {len(pipeline.compiled_calls)} steps")
         return 0
     from dataflow.core.images import ImageColumnError
+    from dataflow.serving.base import ServingError
     from dataflow.storage import CacheFolderError, CacheLockedError, StorageFormatError
 
     try:
@@ -192,7 +193,14 @@ def cmd_run(args) -> int:
                 raise _UserError(str(exc)) from None
         else:
             pipeline.forward(resume_step=args.resume_step, resume=None if args.no_resume else "auto")
-    except (CacheLockedError, CacheFolderError, StorageFormatError, PipelineResumeError, ImageColumnError) as exc:
+    except (
+        CacheLockedError,
+        CacheFolderError,
+        StorageFormatError,
+        PipelineResumeError,
+        ImageColumnError,
+        ServingError,
+    ) as exc:
         raise _UserError(str(exc)) from None
     print_run_summary(pipeline, as_json=args.json)
     return 0

@@ -8,9 +8,10 @@ from shared_data import REPO
 from dataflow.cli import main
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-NEEDS_CLIP_MODEL = {"image_text_alignment.yaml"}
-# Its URLs need a server: tests/test_image_downloader.py and test_data_in_out.py run it against a local one.
-NEEDS_SERVER = {"download_profiling.yaml"}
+NEEDS_CLIP_MODEL = {"image_text_alignment.yaml", "dataflow_mm_models.yaml"}
+# They need a server: their own tests (test_image_downloader.py, test_data_in_out.py, test_vlm_serving.py)
+# run them against a local one.
+NEEDS_SERVER = {"download_profiling.yaml", "vlm_captions.yaml"}
 
 
 def localised(tmp_path, name):

@@ -220,3 +220,22 @@ def test_compile_refuses_an_image_only_model_where_text_is_scored(src, tmp_path)
 
     with pytest.raises(PipelineCompileError, match="efficientnet-lite0 embeds images only"):
         Align().compile()
+
+
+def test_a_call_that_reuses_vectors_needs_no_model_on_disk(tmp_path):
+    from dataflow.operators.core_vision import ImageDeduplicateFilter
+
+    src = tmp_path / "v.jsonl"
+    src.write_text('{"image": "a.jpg", "emb": [1.0, 0.0]}\n{"image": "b.jpg", "emb": [0.0, 1.0]}\n')
+
+    class Dedup(PipelineABC):
+        def __init__(self, keys):
+            self.storage = FileStorage(src, cache_path=tmp_path / "c", file_name_prefix="d")
+            self.op, self.keys = ImageDeduplicateFilter(model_name=str(tmp_path / "no_model")), keys
+
+        def forward(self):
+            self.op.run(self.storage.step(), **self.keys)
+
+    Dedup({"input_embedding_key": "emb"}).compile()  # the vectors are there: no model will load
+    with pytest.raises(PipelineCompileError, match="no_model"):
+        Dedup({}).compile()

@@ -1,6 +1,7 @@
 """Every registered image operator over the bad-input suite, through a real pipeline: no crash, every
 unreadable row kept with its reason (evaluators) or rejected with it (filters), rows in = out + rejected."""
 
+import inspect
 import json
 import math
 
@@ -17,16 +18,27 @@ from dataflow.utils.storage import FileStorage
 # ImageDownloader reads URLs, not images: tests/test_image_downloader.py is its bad-input suite.
 NOT_IMAGE_OPERATORS = {
     "ScoreRangeFilter",
+    "ScoreFilter",
     "ImageEmbeddingDeduplicateFilter",
     "CaptionLengthEvaluator",
     "ImageDownloader",
+    "ImageComplexityFilter",  # NLI over captions only
+    "ImageConsistencyFilter",
 }
+# Image operators whose model is not CLIP run the bad-input images in their own test files, with the tiny
+# model those build (tests/models/test_dataflow_mm_model_operators.py, tests/test_vlm_serving.py);
+# ImageSensitiveFilter checks only that an image is there, as DataFlow-MM's does, so a truncated file passes it.
+OWN_SUITE = {"ImageVQAScoreEvaluator", "ImageSensitiveFilter", "ImageCaptionGenerator"}
 MODEL_OPERATORS = {
     "ImageEmbeddingEvaluator",
     "ImageDeduplicateFilter",
     "ImageTextSimilarityEvaluator",
     "ImageTextSimilarityFilter",
     "ImageAestheticEvaluator",
+    "ImageCLIPEvaluator",
+    "ImageClipFilter",
+    "CLIPScoreFilter",
+    "KNNSimilarityFilter",
 }
 SCORE_COLUMNS = {  # a column each evaluator must leave null for unreadable rows
     "ImageMetadataEvaluator": "width",
@@ -36,6 +48,7 @@ SCORE_COLUMNS = {  # a column each evaluator must leave null for unreadable rows
     "ImageEmbeddingEvaluator": "embedding",
     "ImageTextSimilarityEvaluator": "clip_score",
     "ImageAestheticEvaluator": "aesthetic_score",
+    "ImageCLIPEvaluator": "clip_score",
 }
 
 
@@ -64,6 +77,17 @@ def build(name: str, models: dict):
             "clip_model_name": models.get("clip"),
             "device": "cpu",
         },
+        "ImageCLIPEvaluator": {"model_name": models.get("clip"), "device": "cpu"},
+        "ImageClipFilter": {"model_name": models.get("clip"), "device": "cpu"},
+        "CLIPScoreFilter": {"model_name": models.get("clip"), "device": "cpu", "keep_ratio": 1.0},
+        "KNNSimilarityFilter": {"model_name": models.get("clip"), "device": "cpu", "keep_ratio": 1.0},
+        "ImageAestheticFilter": {  # every rule off: only unreadable images may go
+            "blur_thresh": 0,
+            "brightness_range": (0, 255),
+            "contrast_thresh": 0,
+            "max_black_ratio": 1.0,
+            "max_white_ratio": 1.0,
+        },
         "ImageResolutionFilter": {"min_width": 1, "min_height": 1},
         "ImageAspectRatioFilter": {"min_ratio": 1e-4, "max_ratio": 1e4},
     }.get(name, {})
@@ -74,7 +98,7 @@ def image_operators() -> list[str]:
     return [
         n
         for n, c in OPERATOR_REGISTRY.get_obj_map().items()
-        if n not in NOT_IMAGE_OPERATORS and c.__module__.startswith("dataflow.")
+        if n not in NOT_IMAGE_OPERATORS | OWN_SUITE and c.__module__.startswith("dataflow.")
     ]
 
 
@@ -85,8 +109,14 @@ class OneStep(PipelineABC):
 
     def forward(self):
         keys = {"input_image_key": "image"}
-        if "Text" in type(self.op).__name__:
-            keys["input_text_key"] = "caption"
+        run = inspect.signature(type(self.op).run).parameters
+        for text_key in ("input_text_key", "input_caption_key", "input_answer_key"):
+            if text_key in run:
+                keys[text_key] = "caption"
+        if "input_question_key" in run:
+            keys["input_question_key"] = None
+        if "threshold" in run:  # a run-level threshold (ImageClipFilter): keep every readable row
+            keys["threshold"] = 0.0
         self.op.run(self.storage.step(), **keys)
 
 

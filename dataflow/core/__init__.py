@@ -22,4 +22,16 @@ __all__ = [
     "OPERATOR_REGISTRY",
     "OperatorImportError",
     "CATEGORIES",
+    "LLMServingABC",
+    "VLMServingABC",
 ]
+
+
+def __getattr__(name: str):
+    # DataFlow-MM's scripts import their serving bases from here; looked up on first use, so that
+    # importing dataflow.core never imports the serving package.
+    if name in ("LLMServingABC", "VLMServingABC"):
+        from dataflow.serving import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

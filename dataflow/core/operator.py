@@ -13,6 +13,8 @@ and the CLI read what it declares here and never name an operator:
 - ``model_params``: ``{parameter: kind}`` of the parameters that name a model (kinds: ``"image"`` an image
   embedder, ``"clip"`` an image-text model, ``"weights"`` a weights file), so ``compile()`` and
   ``dataflow run --check`` find a missing model before any step runs, without loading it;
+  ``model_skipped_by``: the run keys that, when given, mean no model is loaded (``input_embedding_key``:
+  vectors an earlier step wrote), so the check leaves such a call alone;
 - ``thresholds``: the parameters a report draws on a score column (:class:`Threshold`);
 - ``output_columns(keys)`` / ``required_columns(keys)``: what a call adds and reads, for ``compile()``;
 - ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`);
@@ -79,6 +81,7 @@ class OperatorABC(ABC):
     execution: ClassVar[str] = "table"
     loads_model: ClassVar[bool] = False
     model_params: ClassVar[dict[str, str]] = {}
+    model_skipped_by: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     description_zh: ClassVar[str] = ""
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
@@ -137,9 +140,9 @@ class OperatorABC(ABC):
                     out[name if isinstance(value, str) else f"{name}[{i}]"] = col
         return out
 
-    def missing_models(self) -> list[str]:
-        """Why a model this operator names cannot be found on local disk (one line each); loads none."""
-        if not self.model_params:
+    def missing_models(self, keys: dict | None = None) -> list[str]:
+        """Why a model this call needs cannot be found on local disk (one line each); loads none."""
+        if not self.model_params or any((keys or {}).get(k) for k in self.model_skipped_by):
             return []
         from dataflow.models.locate import model_problem
 

@@ -3,6 +3,10 @@
 ``compile()`` dry-runs ``forward()`` to record the operator calls and check every ``input_*`` key
 against the columns known at that point. After it, ``forward()`` resumes on its own: leading steps
 whose manifest fingerprint matches and whose file exists are skipped.
+
+``BatchedPipelineABC`` (DataFlow's) adds ``forward(batch_size=N)``: each row-wise operator call runs once per
+batch of N rows of a :class:`~dataflow.storage.dataflow_storages.BatchedFileStorage`, and an interrupted step
+resumes at its next batch.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflow.core.context import use_hook
-from dataflow.log import get_logger
+from dataflow.log import get_logger, progress
+from dataflow.storage.base import holding_cache_folders
 from dataflow.storage.lock import CacheLock
 from dataflow.storage.manifest import fingerprint
 
@@ -77,10 +82,12 @@ class _Resumer:
 class PipelineABC:
     """Base class of pipelines (DataFlow-compatible ``compile()`` / ``forward()``)."""
 
+    _batched = False  # BatchedPipelineABC: forward() takes batch_size and resume_from_last
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
-            cls.forward = _wrap_forward(cls.forward)
+            cls.forward = (_wrap_batched_forward if cls._batched else _wrap_forward)(cls.forward)
 
     def forward(self):  # pragma: no cover - subclasses define it
         raise NotImplementedError("a pipeline defines forward(), calling each operator with storage.step()")
@@ -179,10 +186,11 @@ def check_models(calls: list[RecordedCall]) -> list[str]:
     """Every model an operator names must be on local disk: found now, not hours into a run."""
     problems, seen = [], set()
     for call in calls:
-        if id(call.operator) not in seen:
+        found = call.operator.missing_models(call.keys)
+        if found and id(call.operator) not in seen:  # one operator object used twice: said once
             seen.add(id(call.operator))
             name = type(call.operator).__name__
-            problems += [f"step {call.step + 1} {name}: {p}" for p in call.operator.missing_models()]
+            problems += [f"step {call.step + 1} {name}: {p}" for p in found]
     return problems
 
 
@@ -203,19 +211,147 @@ def _wrap_forward(forward):
     @functools.wraps(forward)
     def wrapper(self, *args, resume_step: int | None = None, resume: str | None = "auto", **kwargs):
         self._reset_storages()
-        if resume_step is not None:
-            skip = self.check_resume_step(int(resume_step))
-        elif resume == "auto" and getattr(self, "_compiled_calls", None):
-            skip = self.resumable_steps()
-        else:
-            skip = 0
-        if skip:
-            logger.info("resuming: %d leading step(s) already cached", skip)
-        with ExitStack() as locks:
-            for folder in sorted({str(s.cache_path) for s in self._storages() if hasattr(s, "cache_path")}):
-                locks.enter_context(CacheLock(folder))
-            with use_hook(_Resumer(skip)):
-                return forward(self, *args, **kwargs)
+        skip = _skip(self, resume_step, resume)
+        return _run_forward(self, forward, args, kwargs, _Resumer(skip))
 
     wrapper.__wrapped_forward__ = forward
     return wrapper
+
+
+def _skip(pipeline: PipelineABC, resume_step: int | None, resume: str | None) -> int:
+    if resume_step is not None:
+        skip = pipeline.check_resume_step(int(resume_step))
+    elif resume == "auto" and getattr(pipeline, "_compiled_calls", None):
+        skip = pipeline.resumable_steps()
+    else:
+        skip = 0
+    if skip:
+        logger.info("resuming: %d leading step(s) already cached", skip)
+    return skip
+
+
+def _run_forward(pipeline: PipelineABC, forward, args: tuple, kwargs: dict, hook):
+    """``forward`` under the cache folders' locks and ``hook``; then the storages that buffer steps in memory
+    (``LazyFileStorage``) are flushed, still under the locks, also when a step failed."""
+    storages = pipeline._storages()
+    folders = sorted({str(s.cache_path) for s in storages if getattr(s, "cache_path", None)})
+    with ExitStack() as locks:
+        for folder in folders:
+            locks.enter_context(CacheLock(folder))
+        locks.enter_context(holding_cache_folders(folders))
+        try:
+            with use_hook(hook):
+                result = forward(pipeline, *args, **kwargs)
+        except BaseException:
+            _flush(storages, failed=True)
+            raise
+        _flush(storages)
+        return result
+
+
+def _flush(storages: list, failed: bool = False) -> None:
+    for storage in storages:
+        flush = getattr(storage, "flush_all", None)
+        if not callable(flush):
+            continue
+        if not failed:
+            flush()
+            continue
+        try:  # keep the finished steps, without hiding why the run stopped
+            flush()
+        except Exception as exc:
+            logger.error("could not flush the buffered steps of %s: %s", getattr(storage, "cache_path", "?"), exc)
+
+
+# ------------------------------------------------------------------ batched pipelines (DataFlow's)
+@dataclass
+class _BatchRunner(_Resumer):
+    """Runs each row-wise operator call of ``forward()`` once per batch of its ``BatchedFileStorage``."""
+
+    batch_size: int | None = None
+    resume_batches: bool = True
+    _running: bool = False  # inside a batch: a run() the operator calls itself (super().run()) just runs
+
+    def on_call(self, operator, storage, keys):
+        if self._running:
+            return "run"
+        verdict = super().on_call(operator, storage, keys)
+        if verdict != "run" or self.batch_size is None or not hasattr(storage, "resume_batch"):
+            return verdict
+        name = type(operator).__name__
+        step = getattr(storage, "operator_step", -1) + 1
+        if getattr(operator, "execution", "table") != "rowwise":
+            logger.info(
+                'step %d %s declares execution = "%s": it runs over the whole step, not in batches (set '
+                'execution = "rowwise" on the operator class if each row is decided on its own)',
+                step,
+                name,
+                getattr(operator, "execution", "table"),
+            )
+            storage.batch_size = None
+            return "run"
+        from dataflow.core.operator import call_info
+
+        storage.batch_size = self.batch_size
+        batches = storage.batch_count()
+        first = storage.resume_batch(operator.fingerprint(keys)) if self.resume_batches else 0
+        if first:
+            logger.info("step %d %s: resuming at batch %d of %d", step, name, first + 1, batches)
+        logger.info("step %d %s: %d batch(es) of %d rows", step, name, batches - first, self.batch_size)
+        run = getattr(type(operator).run, "__wrapped_run__", type(operator).run)
+        self._running = True
+        try:
+            indices = range(first, batches)
+            for index in progress(indices, total=len(indices), desc=f"step {step} {name}", unit="batch"):
+                storage.batch_step = index
+                storage.begin(call_info(operator, keys))
+                run(operator, storage, **keys)
+        finally:
+            self._running = False
+        return "batched"
+
+
+def _wrap_batched_forward(forward):
+    @functools.wraps(forward)
+    def wrapper(
+        self,
+        *args,
+        resume_step: int | None = None,
+        batch_size: int | None = None,
+        resume_from_last: bool = True,
+        **kwargs,
+    ):
+        if resume_step and resume_from_last:
+            raise ValueError(
+                "Cannot set both `resume_step` and `resume_from_last` to True (pass resume_from_last=False "
+                "to skip steps by number)"
+            )
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self._reset_storages()
+        skip = _skip(self, resume_step or None, "auto" if resume_from_last else None)
+        hook = _BatchRunner(skip, batch_size=batch_size, resume_batches=resume_from_last)
+        return _run_forward(self, forward, args, kwargs, hook)
+
+    wrapper.__wrapped_forward__ = forward
+    return wrapper
+
+
+class BatchedPipelineABC(PipelineABC):
+    """DataFlow's ``BatchedPipelineABC``: ``forward(batch_size=N)`` runs each row-wise operator call over
+    its step N rows at a time (``BatchedFileStorage``); the step files are the same as without batches.
+
+    ``resume_from_last=True`` (DataFlow's default) skips the finished steps (by fingerprint, as
+    ``forward()`` after ``compile()`` does) and continues an interrupted step at its next batch;
+    ``False`` reruns every step, or from ``resume_step``. Operators that need the whole table
+    (``execution`` ``"table"`` or ``"dedup"``: a dedup filter compares every pair) run once over it.
+    """
+
+    _batched = True
+
+
+class StreamBatchedPipelineABC(BatchedPipelineABC):
+    """DataFlow's ``StreamBatchedPipelineABC``: the same as :class:`BatchedPipelineABC` here, whose
+    storages read JSON lines and Parquet steps a batch at a time already."""

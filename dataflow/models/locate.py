@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KINDS = ("image", "clip", "weights")
+KINDS = ("image", "clip", "weights", "text_classifier", "blip_vqa")
 
 
 def model_problem(kind: str, name) -> str | None:
     """Why the model ``name`` of ``kind`` cannot be loaded from local disk, or None when it can.
 
     ``"image"``: an image embedder (``efficientnet-lite0`` or a CLIP folder / HF cache id); ``"clip"``: a
-    CLIP model (it embeds text too); ``"weights"``: a state-dict file.
+    CLIP model (it embeds text too); ``"weights"``: a state-dict file; ``"text_classifier"``: a sequence
+    classifier (an NLI model); ``"blip_vqa"``: a BLIP question-answering model.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
@@ -21,6 +22,12 @@ def model_problem(kind: str, name) -> str | None:
     if kind == "weights":
         path = Path(os.fspath(name)).expanduser()
         return None if path.is_file() else f"weights file not found at {path.resolve()}"
+    if kind in ("text_classifier", "blip_vqa"):
+        from dataflow.models.text_classifier import classifier_problem
+
+        if kind == "text_classifier":
+            return classifier_problem(name)
+        return classifier_problem(name, "BLIP VQA model", "Salesforce/blip-vqa-base")
     from dataflow.models.clip import EFFICIENTNET_LITE0, ModelNotFoundError, _resolve_model_dir
 
     try:

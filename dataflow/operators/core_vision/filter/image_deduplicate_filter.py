@@ -2,26 +2,96 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.algorithms.grouping import DuplicateGroups, keep_priority
+from dataflow.core.dedup import DedupFilter, Pairs, check_keep
 from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.operators.core_vision._embedding import EmbedderCache, row_vectors
 
+RULES = ("pairwise", "transitive", "greedy")
+
+
+def pairwise_groups(n: int, pairs: np.ndarray, weights: np.ndarray, rank: np.ndarray) -> DuplicateGroups:
+    """DataFlow-MM's rule over ``n`` rows: of every pair, the row ranked later is removed, whether or not the
+    other row is itself removed (``rank``: lower keeps first).
+
+    A removed row points to the partner that removed it: a kept one when it has one, else its most similar
+    better-ranked partner. Pointers always go to a better rank, so following them ends at a kept row: that
+    row is the group's (``group_id``, the rejected file's ``duplicate_of``). ``weight`` is the similarity of
+    the pair a row points along; ``direct`` says whether that pair is with the group's kept row.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    sims = np.asarray(weights, dtype=np.float64).ravel()
+    a, b = pairs[:, 0], pairs[:, 1]
+    proper = a != b
+    a, b, sims = a[proper], b[proper], sims[proper]
+    better = np.where(rank[a] < rank[b], a, b)
+    worse = a + b - better
+    keep = np.ones(n, dtype=bool)
+    keep[worse] = False
+    # Per removed row, its first partner by: kept partners first, then most similar, then best ranked.
+    order = np.lexsort((rank[better], -sims, ~keep[better], worse))
+    first = order[np.r_[True, worse[order][1:] != worse[order][:-1]]] if len(order) else order
+    parent = np.arange(n, dtype=np.int64)
+    parent[worse[first]] = better[first]
+    weight = np.full(n, np.nan)
+    weight[worse[first]] = sims[first]
+    direct = np.zeros(n, dtype=bool)
+    direct[worse[first]] = keep[better[first]]
+    root = parent
+    while True:  # pointer doubling: a chain of length L ends at its kept row in log2(L) passes
+        jumped = root[root]
+        if np.array_equal(jumped, root):
+            break
+        root = jumped
+    size = np.bincount(root, minlength=n).astype(np.int64)[root] if n else np.zeros(0, dtype=np.int64)
+    return DuplicateGroups(
+        keep=keep,
+        duplicate_of=np.where(keep, -1, root),
+        weight=weight,
+        direct=direct,
+        group_id=root,
+        group_size=size,
+    )
+
 
 @OPERATOR_REGISTRY.register()
 class ImageDeduplicateFilter(DedupFilter):
     """Removes near-duplicate images whose CLIP embeddings have cosine similarity >= ``threshold``.
 
-    Same call as DataFlow-MM's operator, without its flaws: pairs are found by blockwise search (memory
-    O(N x block), never an N x N matrix), the model stays loaded so the operator can run again,
-    unreadable images are rejected with their reason instead of vanishing, and every kept row's
-    ``max_similarity`` is its true nearest-neighbour similarity (not 0 below the threshold). Reuses an
-    embedding column when ``input_embedding_key`` is given. ``device=None`` picks cuda when available;
-    asking for cuda without one warns and uses the cpu.
+    By default DataFlow-MM's rule: for every pair of images at or above the threshold, the later one (in
+    row order, or by ``keep``) is removed, whether or not the earlier one was itself removed: in a chain
+    a ~ b ~ c where a and c are not alike, only a stays. ``rule`` picks another way to turn pairs into
+    removals: ``"transitive"`` keeps one image per connected group, ``"greedy"`` lets each kept image
+    remove only its own direct duplicates (c stays in the chain above). For the same pairs, what
+    ``"greedy"`` removes is part of what the default removes, which is part of what ``"transitive"``
+    removes.
+
+    Dropped rows go to the rejected file with reason ``near_duplicate``, ``duplicate_of`` (the kept image
+    of its group: with the default rule, the one reached by following each removed image to the image
+    that removed it), ``similarity`` (of the pair that removed it) and ``group``; unreadable images are
+    rejected with their reason code. Kept rows get ``max_similarity``: the true nearest-neighbour
+    similarity. Reuses an embedding column when ``input_embedding_key`` is given. ``device=None`` picks
+    cuda when available; asking for cuda without one warns and uses the cpu.
+
+    Differences from DataFlow-MM:
+
+    - pairs are found by blockwise search (memory O(N x block)); DataFlow-MM builds the N x N matrix
+      (40 GB at 100k images);
+    - `max_similarity` is every kept row's true highest similarity to any other row; DataFlow-MM writes
+      0 for rows with no pair at the threshold, so the column cannot be used to choose one;
+    - unreadable images are rejected with their reason code; DataFlow-MM drops them silently;
+    - the model stays loaded, so the operator can run again (DataFlow-MM deletes it after `run`), and it
+      loads from a local folder or the local Hugging Face cache only;
+    - options: `rule` (`"transitive"`, `"greedy"`), `keep` (which row of a pair counts as the earlier),
+      `input_embedding_key`, group columns (`output_group_key`) and `num_workers`;
+    - similarities are exact float32 dot products of the normalised embeddings (DataFlow-MM: sklearn's
+      float32 matrix), so a pair within about 1e-6 of the threshold may be decided differently.
 
     Parameters:
         model_name: a local model folder, a Hugging Face repo id already in the local cache, or
@@ -29,10 +99,11 @@ class ImageDeduplicateFilter(DedupFilter):
         threshold: cosine similarity at or above which two rows are duplicates
         batch_size: images per model forward pass
         device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu
-        transitive: True: duplicates of duplicates join one group (connected components); False: each
-            kept row claims only its own direct neighbours (no chains)
-        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
-            (highest value wins)
+        rule: how pairs become removals: `"pairwise"` (DataFlow-MM's: the later row of every pair is
+            removed), `"transitive"` (one row kept per connected group) or `"greedy"` (each kept row
+            removes only its own direct duplicates: no chains)
+        keep: which row of a pair counts as the earlier, and so stays: `"first"` (row order),
+            `"largest"` (most pixels) or a column name (highest value wins)
         num_workers: worker processes that decode images; None = one per CPU core (inputs under 48
             images run in-process)
         input_image_key: column holding the image: a path (relative to the input file's folder),
@@ -55,6 +126,7 @@ class ImageDeduplicateFilter(DedupFilter):
     score_key = "output_score_key"
     loads_model = True
     model_params = {"model_name": "image"}
+    model_skipped_by = ("input_embedding_key",)
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
 
     example = Example.on_example_data(
@@ -85,20 +157,31 @@ class ImageDeduplicateFilter(DedupFilter):
         threshold: float = 0.90,
         batch_size: int = 32,
         device: str | None = None,
-        transitive: bool = True,
+        rule: str = "pairwise",
         keep: str = "first",
         num_workers: int | None = None,
     ):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         self.model_name = model_name
         self.threshold = threshold
         self.batch_size = batch_size
         self.device = device
-        self.transitive = transitive
+        self.rule = rule
+        self.transitive = rule == "transitive"  # what the base's grouping reads for the other two rules
         self.keep = check_keep(keep)
         self.num_workers = num_workers
         self.models = EmbedderCache(model_name, device, batch_size)
+
+    def group(self, n: int, found: Pairs, values: np.ndarray) -> DuplicateGroups:
+        if self.rule != "pairwise":
+            return super().group(n, found, values)
+        if found.inverse is not None:  # pragma: no cover - cosine searches list row pairs, never shared items
+            raise ValueError("the pairwise rule needs row pairs, not pairs of shared keys")
+        rank = keep_priority(self.keep, n, sizes=values, columns={self.keep: values})
+        return pairwise_groups(n, found.pairs, found.weights, rank)
 
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         return row_vectors(

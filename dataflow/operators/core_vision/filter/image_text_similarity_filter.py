@@ -22,6 +22,10 @@ class ImageTextSimilarityFilter(RowFilter):
     model again. Dropped rows go to the rejected file with reason ``low_clip_score`` and the score;
     unreadable images with their reason code, rows without a caption with ``missing_text``.
 
+    The score is the raw cosine. DataFlow-MM's ``ImageCLIPEvaluator`` writes its ``clip_score`` as
+    (cos + 1) / 2 under the same name: after it, use ``ImageClipFilter`` (its scale), or give this filter
+    another ``output_score_key``, so that the one column is not read on two scales.
+
     Parameters:
         min_score: lowest CLIP image-text cosine kept (inclusive)
         model_name: a local CLIP folder or a Hugging Face repo id already in the local cache; nothing
