@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -458,3 +459,20 @@ def test_block_key_search_finds_exactly_the_local_pairs(t, partitions):
     expected = sorted((int(found.unique[i]), int(found.unique[j]), int(dist)) for i, j, dist in found.pairs)
     assert pairs == expected  # every pair within t, none twice
     assert sorted(a[a == b].tolist()) == sorted(found.unique[found.counts > 1].tolist())
+
+
+def test_payloads_between_tasks_round_trip_without_pickle():
+    from dataflow.engines.ray.rowwise import dumps, loads
+
+    payload = (
+        np.arange(6, dtype=np.uint64).reshape(2, 3),
+        {"keep": np.array([True, False]), "dup_of": np.array(["a.jpg", None, 7, {"path": "b"}], dtype=object)},
+        [b"\xff\xd8", ("t", 1.5), float("nan")],
+    )
+    back = loads(dumps(payload))
+    assert back[0].dtype == np.uint64 and back[0].shape == (2, 3) and (back[0] == payload[0]).all()
+    assert back[1]["keep"].tolist() == [True, False] and back[1]["dup_of"].tolist() == ["a.jpg", None, 7, {"path": "b"}]
+    assert back[2][:2] == [b"\xff\xd8", ("t", 1.5)] and math.isnan(back[2][2])
+    assert json.loads(dumps(payload))  # plain JSON: nothing a reader could execute
+    with pytest.raises(TypeError, match="cannot hand a"):
+        dumps(object())

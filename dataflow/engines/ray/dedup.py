@@ -195,7 +195,7 @@ def _load_vectors(work_dir: str, offsets: list[int]) -> tuple[np.ndarray, np.nda
 
 
 def lookup_values(batch: pd.DataFrame, *, column: str | None) -> pd.DataFrame:
-    """``column`` of the given row ids of a slice, pickled per slice (any value type: bytes, dicts)."""
+    """``column`` of the given row ids of a slice, as one payload per slice (any value type: bytes, dicts)."""
     blobs = []
     for item in batch.to_dict("records"):
         sl = Slice.from_item(item)

@@ -11,13 +11,14 @@ way on every slice; the others run it once on the driver over the whole step.
 
 from __future__ import annotations
 
+import base64
 import json
-import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -218,10 +219,53 @@ class SliceActor:
 
 
 def dumps(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    """A payload between this run's Ray tasks as tagged JSON: arrays keep their dtype and shape as raw
+    bytes, tuples stay tuples, and nothing is pickled, so reading one back can never run code."""
+    return json.dumps(_tagged(obj), separators=(",", ":")).encode()
 
 
 def loads(blob: bytes) -> Any:
-    # Only ever a payload that `dumps` made earlier in the same run and handed between this run's own Ray
-    # tasks in memory (Ray pickles every task argument anyway); nothing read from disk or from users.
-    return pickle.loads(blob)
+    return _untagged(json.loads(blob))
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return {"__objects__": [_tagged(v) for v in value.tolist()]}
+        data = np.ascontiguousarray(value)
+        return {"__array__": [data.dtype.str, list(data.shape), base64.b64encode(data.tobytes()).decode()]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"__tuple__": [_tagged(v) for v in value]}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    if isinstance(value, dict):
+        return {"__dict__": [[_tagged(k), _tagged(v)] for k, v in value.items()]}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot hand a {type(value).__name__} between Ray tasks: {value!r:.80}")
+
+
+def _untagged(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_untagged(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    ((tag, body),) = value.items()
+    if tag == "__array__":
+        dtype, shape, data = body
+        return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
+    if tag == "__objects__":
+        out = np.empty(len(body), dtype=object)
+        out[:] = [_untagged(v) for v in body]
+        return out
+    if tag == "__tuple__":
+        return tuple(_untagged(v) for v in body)
+    if tag == "__dict__":
+        return {_untagged(k): _untagged(v) for k, v in body}
+    if tag == "__bytes__":
+        return base64.b64decode(body)
+    raise ValueError(f"not a payload of this run: tag {tag!r}")
