@@ -466,12 +466,13 @@ def test_payloads_between_tasks_round_trip_without_pickle():
 
     payload = (
         np.arange(6, dtype=np.uint64).reshape(2, 3),
-        {"keep": np.array([True, False]), "dup_of": np.array(["a.jpg", None, 7, {"path": "b"}], dtype=object)},
+        {"keep": np.array([True, False]), "dup_of": np.array(["a.jpg", None, 7, {"path": "b"}, None], dtype=object)},
         [b"\xff\xd8", ("t", 1.5), float("nan")],
     )
     back = loads(dumps(payload))
     assert back[0].dtype == np.uint64 and back[0].shape == (2, 3) and (back[0] == payload[0]).all()
-    assert back[1]["keep"].tolist() == [True, False] and back[1]["dup_of"].tolist() == ["a.jpg", None, 7, {"path": "b"}]
+    assert back[1]["keep"].tolist() == [True, False]
+    assert back[1]["dup_of"].tolist() == ["a.jpg", None, 7, {"path": "b"}, None]
     assert back[2][:2] == [b"\xff\xd8", ("t", 1.5)] and math.isnan(back[2][2])
     assert json.loads(dumps(payload))  # plain JSON: nothing a reader could execute
     with pytest.raises(TypeError, match="cannot hand a"):

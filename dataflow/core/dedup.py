@@ -78,7 +78,9 @@ class Decisions:
         keeper = groups.group_id
         dup_of = np.full(len(labels), None, dtype=object)
         dropped = ~groups.keep
-        dup_of[dropped] = images[keeper[dropped]]
+        wanted = keeper[dropped]
+        # Only the rows that duplicates point at are named (a handful of a million), by path, never bytes.
+        dup_of[dropped] = [row_name(v, label) for v, label in zip(images[wanted], labels[wanted])]
         return cls(
             groups.keep, labels[keeper] if len(labels) else labels, groups.group_size, groups.weight, dup_of, best, keys
         )
@@ -231,8 +233,7 @@ class DedupFilter(OperatorABC):
         )
         image_key = self.image_key(keys, df.columns)
         labels = good.index.to_numpy()
-        values_of = good[image_key].tolist() if image_key else labels.tolist()
-        images = np.array([row_name(v, label) for v, label in zip(values_of, labels)] or [], dtype=object)
+        images = good[image_key].to_numpy(dtype=object) if image_key else labels.astype(object)
         decided = Decisions.from_groups(groups, labels, images, best=found.best, keys=values)
         kept, dups = self.split(good, decided, keys)
         storage.write(kept, rejected=concat_rejected(unreadable, dups))

@@ -137,12 +137,15 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
         # folder kept inside the image folder must not change the fingerprint of its own input.
         from dataflow.storage.inputs import iter_image_files
 
-        return fingerprint("dir", str(path.resolve()), [(rel, _stat_key(path / rel)) for rel in iter_image_files(path)])
+        root = str(path)
+        return fingerprint(
+            "dir", str(path.resolve()), [(rel, _stat_key(os.path.join(root, rel))) for rel in iter_image_files(path)]
+        )
     key = (str(path.resolve()), _stat_key(path), image_key)
     if key not in _NAMED_IMAGES:
         _NAMED_IMAGES.clear()  # one input per run: a small cache, not one that grows
         _NAMED_IMAGES[key] = _referenced_images(path, image_key) if image_key else []
-    return fingerprint("file", *key[:2], [(p, _stat_key(Path(p))) for p in _NAMED_IMAGES[key]])
+    return fingerprint("file", *key[:2], [(p, _stat_key(p)) for p in _NAMED_IMAGES[key]])
 
 
 _NAMED_IMAGES: dict[tuple, list[str]] = {}  # the image files a table names, per state of the table
@@ -162,15 +165,13 @@ def _is_webdataset(path: Path, text: str) -> bool:
         return wds.is_brace_pattern(text)
 
 
-def _stat_key(path: Path) -> tuple:
+def _stat_key(path: str | os.PathLike) -> tuple:
+    # Called once per image per run (a million for a large table): a plain string path, no Path objects.
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        try:  # a dangling link or a loop: its row gets a reason; the link itself still counts
-            st = os.lstat(path)
-        except OSError:
-            return ("absent",)
-    except OSError as exc:
+    except FileNotFoundError:  # also a dangling link: its row is "missing" until its target appears
+        return ("absent",)
+    except OSError as exc:  # a loop, a permission: the row gets its reason
         return ("unreadable", exc.errno)
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 

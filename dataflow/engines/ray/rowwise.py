@@ -231,7 +231,10 @@ def loads(blob: bytes) -> Any:
 def _tagged(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype == object:
-            return {"__objects__": [_tagged(v) for v in value.tolist()]}
+            items = value.tolist()
+            if {type(v) for v in items} <= _JSON_NATIVE:  # the common case (paths, ids, None): as it is
+                return {"__objects__": items}
+            return {"__objects__": [_tagged(v) for v in items]}
         data = np.ascontiguousarray(value)
         return {"__array__": [data.dtype.str, list(data.shape), base64.b64encode(data.tobytes()).decode()]}
     if isinstance(value, np.generic):
@@ -239,7 +242,7 @@ def _tagged(value: Any) -> Any:
     if isinstance(value, tuple):
         return {"__tuple__": [_tagged(v) for v in value]}
     if isinstance(value, list):
-        return [_tagged(v) for v in value]
+        return value if {type(v) for v in value} <= _JSON_NATIVE else [_tagged(v) for v in value]
     if isinstance(value, dict):
         return {"__dict__": [[_tagged(k), _tagged(v)] for k, v in value.items()]}
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -249,9 +252,12 @@ def _tagged(value: Any) -> Any:
     raise TypeError(f"cannot hand a {type(value).__name__} between Ray tasks: {value!r:.80}")
 
 
+_JSON_NATIVE = {str, int, float, bool, type(None)}
+
+
 def _untagged(value: Any) -> Any:
     if isinstance(value, list):
-        return [_untagged(v) for v in value]
+        return [_untagged(v) for v in value] if any(isinstance(v, (list, dict)) for v in value) else value
     if not isinstance(value, dict):
         return value
     ((tag, body),) = value.items()
@@ -260,7 +266,8 @@ def _untagged(value: Any) -> Any:
         return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
     if tag == "__objects__":
         out = np.empty(len(body), dtype=object)
-        out[:] = [_untagged(v) for v in body]
+        for i, v in enumerate(_untagged(body)):  # one by one: a list cell must stay one cell
+            out[i] = v
         return out
     if tag == "__tuple__":
         return tuple(_untagged(v) for v in body)
