@@ -21,6 +21,7 @@ import orjson
 
 from dataflow.log import get_logger
 from dataflow.storage.formats import StorageFormatError
+from dataflow.storage.manifest import stat_key
 
 INPUT_FOLDER = "input_folder"
 WORKING_DIRECTORY = "working_directory"
@@ -201,11 +202,11 @@ def fallback_files(entry: str, kind: str, image_key: str, decision: ImageBase) -
     it names there, for the input's fingerprint (an image replaced in place reruns the steps after it)."""
     key = _state_key(entry, image_key, decision.folder)
     if key is not None and key in _FALLBACK_FILES:
-        return [(f, _stat_key(f)) for f in _FALLBACK_FILES[key]]
+        return [(f, stat_key(f)) for f in _FALLBACK_FILES[key]]
     files = sorted({os.path.join(decision.folder, p) for p in relative_paths(image_values(entry, kind, image_key))})
     if key is not None:
         _remember(_FALLBACK_FILES, key, files)
-    return [(f, _stat_key(f)) for f in files]
+    return [(f, stat_key(f)) for f in files]
 
 
 def missing_error(
@@ -241,14 +242,6 @@ def _state_key(entry: str, image_key: str, cwd: str) -> tuple | None:
     except OSError:
         return None
     return (os.path.abspath(entry), st.st_size, st.st_mtime_ns, st.st_ino, image_key, cwd)
-
-
-def _stat_key(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ("absent",)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _same_folder(a: str, b: str) -> bool:

@@ -130,7 +130,7 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
         # Every shard's stat key (a pattern's whole expanded list, a missing shard as "absent"); the image
         # references point into these files, so nothing else needs a stat.
         base = wds.shard_base(text)
-        shards = [(os.path.relpath(p.resolve(), base), _stat_key(p)) for p in wds.expected_shards(text)]
+        shards = [(os.path.relpath(p.resolve(), base), stat_key(p)) for p in wds.expected_shards(text)]
         return fingerprint("webdataset", str(base), shards, image_key)
     if path.is_dir():
         # The files the step lists (images, hidden ones skipped), not the folder's other contents: a cache
@@ -139,13 +139,13 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
 
         root = str(path)
         return fingerprint(
-            "dir", str(path.resolve()), [(rel, _stat_key(os.path.join(root, rel))) for rel in iter_image_files(path)]
+            "dir", str(path.resolve()), [(rel, stat_key(os.path.join(root, rel))) for rel in iter_image_files(path)]
         )
-    key = (str(path.resolve()), _stat_key(path), image_key)
+    key = (str(path.resolve()), stat_key(path), image_key)
     if key not in _NAMED_IMAGES:
         _NAMED_IMAGES.clear()  # one input per run: a small cache, not one that grows
         _NAMED_IMAGES[key] = _referenced_images(path, image_key) if image_key else []
-    return fingerprint("file", *key[:2], [(p, _stat_key(p)) for p in _NAMED_IMAGES[key]])
+    return fingerprint("file", *key[:2], [(p, stat_key(p)) for p in _NAMED_IMAGES[key]])
 
 
 _NAMED_IMAGES: dict[tuple, list[str]] = {}  # the image files a table names, per state of the table
@@ -165,7 +165,8 @@ def _is_webdataset(path: Path, text: str) -> bool:
         return wds.is_brace_pattern(text)
 
 
-def _stat_key(path: str | os.PathLike) -> tuple:
+def stat_key(path: str | os.PathLike) -> tuple:
+    """What says a file changed: size, modification and change times, inode (or why there is none)."""
     # Called once per image per run (a million for a large table): a plain string path, no Path objects.
     try:
         st = os.stat(path)
