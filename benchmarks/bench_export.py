@@ -82,12 +82,17 @@ def make_cache(entry: Path, cache: Path) -> None:
     storage.write(storage.read())
 
 
-def baseline(cache: Path, out: Path, shard_size: int) -> None:
-    """The bare copy: image paths from the step file, then TarFile.add per image."""
+def step_image_paths(cache: Path) -> list[Path]:
+    """The image files of step 1, read straight from its JSON lines (what a bare copy starts from)."""
     meta = json.loads((cache / "bench_step1.meta.json").read_text())
     base = Path(meta["image_base"])
     with open(cache / meta["file"], "rb") as fh:
-        paths = [base / orjson.loads(line)["image"] for line in fh]
+        return [base / orjson.loads(line)["image"] for line in fh]
+
+
+def baseline(cache: Path, out: Path, shard_size: int) -> None:
+    """The bare copy: image paths from the step file, then TarFile.add per image."""
+    paths = step_image_paths(cache)
     out.mkdir()
     for start in range(0, len(paths), shard_size):
         with tarfile.open(out / f"{start // shard_size:06d}.tar", "w") as tf:
@@ -97,10 +102,7 @@ def baseline(cache: Path, out: Path, shard_size: int) -> None:
 
 def baseline_addfile(cache: Path, out: Path, shard_size: int) -> None:
     """The leanest tarfile copy: a hand-made TarInfo (no stat, no user-name lookups) and addfile per image."""
-    meta = json.loads((cache / "bench_step1.meta.json").read_text())
-    base = Path(meta["image_base"])
-    with open(cache / meta["file"], "rb") as fh:
-        paths = [base / orjson.loads(line)["image"] for line in fh]
+    paths = step_image_paths(cache)
     out.mkdir()
     for start in range(0, len(paths), shard_size):
         with tarfile.open(out / f"{start // shard_size:06d}.tar", "w") as tf:

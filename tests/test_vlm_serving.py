@@ -22,13 +22,14 @@ import threading
 import time
 import types
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 from shared_data import REPO
+from test_image_downloader import QuietServer  # the same quiet test server
 
 from dataflow.cli import main
 from dataflow.operators.core_vision.generate.image_caption_generator import (
@@ -144,14 +145,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(200, caption)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
             pass
-
-
-class QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):  # a client closing its keep-alive connection
-        pass
 
 
 class Server:
