@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# Models download on first use by default; tests never download (subprocesses inherit this). A test of the
+# download path unsets it and points HF_ENDPOINT at a server of its own on 127.0.0.1.
+os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import bad_inputs` from any test folder
 
 from bad_inputs import make_bad_inputs

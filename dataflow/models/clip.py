@@ -1,8 +1,9 @@
-"""CLIP image / text embeddings through transformers, loaded only from local files.
+"""CLIP and Chinese-CLIP image / text embeddings through transformers.
 
-Models come from a local folder (anything `save_pretrained` wrote) or from the local Hugging Face cache
-(`local_files_only=True`); nothing is downloaded at run time and no remote code is ever run. A model that
-is not on disk raises `ModelNotFoundError`, naming what was looked for and how to provide it.
+Models come from a local folder (anything `save_pretrained` wrote) or the Hugging Face cache, downloaded
+into it on first use unless `HF_HUB_OFFLINE=1` (`dataflow.models.hub`); no remote code is ever run. A
+model that cannot be had raises `ModelNotFoundError`, naming what was looked for and how to provide it.
+The model kind (CLIP or Chinese-CLIP) is read from the folder's config.json.
 
 Also here, so operators stay thin:
 - `resolve_device(device)`: None -> cuda when available, else cpu; a requested but absent cuda warns and
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from dataflow.models.hub import ModelNotFoundError, hf_cache_dir, incomplete_model, resolve_model_dir
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
@@ -45,21 +48,6 @@ EFFICIENTNET_LITE0 = "efficientnet-lite0"
 # OpenAI CLIP pixel statistics, used when a model folder has no preprocessor_config.json.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model (or its weights) is not available on local disk; the message says how to provide it."""
-
-
-def hf_cache_dir() -> str:
-    """The Hugging Face hub cache folder this process would read (honours HF_HOME / HF_HUB_CACHE)."""
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-        return os.environ.get("HF_HUB_CACHE", os.path.join(home, "hub"))
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -88,49 +76,22 @@ class ImageEmbedder(Protocol):
         ...
 
 
+def _projected(out: Any) -> torch.Tensor:
+    """The projected embeddings from ``get_*_features``: a tensor, or (transformers 5) its ``pooler_output``."""
+    return out if not hasattr(out, "pooler_output") else out.pooler_output
+
+
 def _l2_normalize(x: torch.Tensor) -> np.ndarray:
     """Rows scaled to unit norm (in float32), as a numpy array."""
     x = x.float()
     return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy().astype(np.float32, copy=False)
 
 
-def _looks_like_path(name: str) -> bool:
-    """A name meant as a folder (absolute, relative with ./ or ../, ~, or an OS separator other than /)."""
-    return name.startswith((".", "/", "~")) or os.sep != "/" and os.sep in name or Path(name).is_absolute()
-
-
-def _missing_model_message(model_name: str, reason: str) -> str:
-    """How to provide a model that is not on disk: a folder, or a one-off download into the HF cache."""
-    repo_id = "openai/clip-vit-base-patch32" if _looks_like_path(model_name) else model_name
-    return (
-        f"CLIP model {model_name!r} was not found on local disk ({reason}). dataflow never downloads models "
-        "at run time. Either:\n"
-        "  1. pass the path of a local folder holding the model (config.json, weights, tokenizer and "
-        "preprocessor files, as written by save_pretrained), or\n"
-        "  2. download it once, on a machine with network access, into the Hugging Face cache read here "
-        f"({hf_cache_dir()}; set HF_HOME to move it):\n"
-        f"       hf download {repo_id}    (older huggingface_hub: huggingface-cli download {repo_id})\n"
+def _resolve_model_dir(model_name: str | os.PathLike, local_files_only: bool | None = None) -> Path:
+    """A local folder for the CLIP model `model_name` (a folder, the HF cache, or a first-use download)."""
+    return resolve_model_dir(
+        model_name, "CLIP model", "openai/clip-vit-base-patch32", local_files_only=local_files_only
     )
-
-
-def _resolve_model_dir(model_name: str | os.PathLike) -> Path:
-    """A local folder for `model_name`: the folder itself, or its snapshot in the local HF cache."""
-    name = os.fspath(model_name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(_missing_model_message(name, f"folder {path} has no config.json"))
-        return path
-    if _looks_like_path(name) or path.exists():
-        raise ModelNotFoundError(_missing_model_message(name, f"no folder at {path.resolve()}"))
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # not a valid repo id, or not in the local cache
-        raise ModelNotFoundError(
-            _missing_model_message(name, f"no folder at {path.resolve()} and not in the HF cache {hf_cache_dir()}")
-        ) from exc
 
 
 class CLIPEmbedder:
@@ -157,12 +118,16 @@ class CLIPEmbedder:
         self.resize_to = (
             int(size.get("shortest_edge", size.get("height", self.crop_size))) if isinstance(size, dict) else int(size)
         )
+        # {"height": h, "width": w} without "shortest_edge" (Chinese-CLIP's processor) resizes to exactly h x w.
+        exact = isinstance(size, dict) and "shortest_edge" not in size and {"height", "width"} <= size.keys()
+        self.exact_size = (int(size["width"]), int(size["height"])) if exact else None
         self.mean = np.asarray(image_config.get("image_mean", _CLIP_MEAN), dtype=np.float32)
         self.std = np.asarray(image_config.get("image_std", _CLIP_STD), dtype=np.float32)
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> (N, 3, crop, crop) pixels: RGB, shorter side to `resize_to` (bicubic), centre crop,
+        """PIL images -> (N, 3, crop, crop) pixels: RGB, shorter side to `resize_to` (or to exactly
+        `exact_size`) (bicubic), centre crop,
         scaled to 0..1 and normalised with the model's mean / std (as CLIPImageProcessor does)."""
         import torch
         from PIL import Image
@@ -172,7 +137,9 @@ class CLIPEmbedder:
             image = image.convert("RGB")
             w, h = image.size
             # Shorter side to resize_to, longer side scaled and truncated, as transformers does.
-            if w <= h:
+            if self.exact_size:
+                nw, nh = self.exact_size
+            elif w <= h:
                 nw, nh = self.resize_to, int(self.resize_to * h / w)
             else:
                 nw, nh = int(self.resize_to * w / h), self.resize_to
@@ -192,8 +159,7 @@ class CLIPEmbedder:
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 pixels = self.preprocess(images[start : start + self.batch_size]).to(self.device, self.dtype)
-                pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-                parts.append(_l2_normalize(self.model.visual_projection(pooled)))
+                parts.append(_l2_normalize(_projected(self.model.get_image_features(pixel_values=pixels))))
         return np.concatenate(parts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -210,34 +176,52 @@ class CLIPEmbedder:
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                parts.append(_l2_normalize(self.model.text_projection(out.pooler_output)))
+                parts.append(_l2_normalize(_projected(self.model.get_text_features(**batch))))
         return np.concatenate(parts)
 
 
 def load_clip(
     model_name: str | os.PathLike, device: str | torch.device | None = None, batch_size: int = 32
 ) -> CLIPEmbedder:
-    """Load a CLIP model from a local folder or the local HF cache (never the network, never remote code).
+    """Load a CLIP or Chinese-CLIP model from a folder or the HF cache (see `dataflow.models.hub`; never remote
+    code).
 
-    model_name: a folder written by `save_pretrained`, or a Hub repo id already in the local cache
-        (e.g. "openai/clip-vit-base-patch32").
-    Raises ModelNotFoundError when it is not on disk.
+    model_name: a folder written by `save_pretrained`, or a Hub repo id (e.g. "openai/clip-vit-base-patch32",
+        "OFA-Sys/chinese-clip-vit-base-patch16").
+    Raises ModelNotFoundError when it cannot be had, ValueError when the folder holds another kind of model.
     """
-    from transformers import CLIPModel, CLIPTokenizer
-
     folder = _resolve_model_dir(model_name)
+    model_class, tokenizer_class = _clip_classes(folder, model_name)
     dev = resolve_device(device)
     try:
-        model = CLIPModel.from_pretrained(folder, local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        model = model_class.from_pretrained(folder, local_files_only=True)
+        tokenizer = tokenizer_class.from_pretrained(folder, local_files_only=True)
     except OSError as exc:  # e.g. weights or tokenizer files missing from the folder
-        reason = f"incomplete model in {folder}: {exc}"
-        raise ModelNotFoundError(_missing_model_message(os.fspath(model_name), reason)) from exc
+        raise incomplete_model(model_name, folder, exc, "CLIP model", "openai/clip-vit-base-patch32") from exc
     image_config_path = folder / "preprocessor_config.json"
     image_config = json.loads(image_config_path.read_text()) if image_config_path.is_file() else {}
     model = model.to(dev, dtype=_torch_dtype_for(dev)).eval()
     return CLIPEmbedder(model, tokenizer, image_config, dev, name=os.fspath(model_name), batch_size=batch_size)
+
+
+def _clip_classes(folder: Path, model_name) -> tuple[Any, Any]:
+    """The model and tokenizer classes of the CLIP kind in ``folder``'s config.json (CLIP or Chinese-CLIP)."""
+    import transformers
+
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"CLIP model {os.fspath(model_name)!r}: unreadable {folder / 'config.json'}: {exc}"
+        ) from exc
+    if kind == "clip":
+        return transformers.CLIPModel, transformers.CLIPTokenizer
+    if kind == "chinese_clip":  # a BERT text tower: its tokenizer is a BertTokenizer
+        return transformers.ChineseCLIPModel, transformers.AutoTokenizer
+    raise ValueError(
+        f"{os.fspath(model_name)!r} is a {kind!r} model, not CLIP: image-text operators take a CLIP "
+        "(model_type 'clip') or Chinese-CLIP ('chinese_clip') model"
+    )
 
 
 def _torch_dtype_for(device: torch.device) -> torch.dtype:

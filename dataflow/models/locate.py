@@ -1,19 +1,22 @@
-"""Is a model on local disk? Answered without importing torch or loading a weight (for ``compile()``)."""
+"""Can a model be had (on local disk, or a Hub id downloaded on first use)? Answered without importing torch,
+loading a weight or downloading (for ``compile()``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-KINDS = ("image", "clip", "weights", "text_classifier", "blip_vqa")
+KINDS = ("image", "clip", "weights", "text_classifier", "blip_vqa", "image_classifier")
 
 
 def model_problem(kind: str, name) -> str | None:
-    """Why the model ``name`` of ``kind`` cannot be loaded from local disk, or None when it can.
+    """Why the model ``name`` of ``kind`` cannot be loaded, or None when it can (a Hub id not on disk counts as
+    loadable unless downloads are off: ``HF_HUB_OFFLINE=1``).
 
     ``"image"``: an image embedder (``efficientnet-lite0`` or a CLIP folder / HF cache id); ``"clip"``: a
     CLIP model (it embeds text too); ``"weights"``: a state-dict file; ``"text_classifier"``: a sequence
-    classifier (an NLI model); ``"blip_vqa"``: a BLIP question-answering model.
+    classifier (an NLI model); ``"blip_vqa"``: a BLIP question-answering model; ``"image_classifier"``: an
+    ``AutoModelForImageClassification`` checkpoint (its config.json is read: no weights).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
@@ -22,23 +25,27 @@ def model_problem(kind: str, name) -> str | None:
     if kind == "weights":
         path = Path(os.fspath(name)).expanduser()
         return None if path.is_file() else f"weights file not found at {path.resolve()}"
+    if kind == "image_classifier":
+        from dataflow.models.image_classifier import classifier_problem as image_classifier_problem
+
+        return image_classifier_problem(name)
     if kind in ("text_classifier", "blip_vqa"):
         from dataflow.models.text_classifier import classifier_problem
 
         if kind == "text_classifier":
             return classifier_problem(name)
         return classifier_problem(name, "BLIP VQA model", "Salesforce/blip-vqa-base")
-    from dataflow.models.clip import EFFICIENTNET_LITE0, ModelNotFoundError, _resolve_model_dir
+    from dataflow.models.clip import EFFICIENTNET_LITE0
+    from dataflow.models.hub import ModelNotFoundError, model_problem
 
+    if os.fspath(name).lower() != EFFICIENTNET_LITE0:
+        return model_problem(name, "CLIP model", "openai/clip-vit-base-patch32")
+    if kind == "clip":
+        return f"{name} embeds images only; image-text scores need a CLIP model"
     try:
-        if os.fspath(name).lower() == EFFICIENTNET_LITE0:
-            if kind == "clip":
-                return f"{name} embeds images only; image-text scores need a CLIP model"
-            from dataflow.models.efficientnet_lite import default_weights_path
+        from dataflow.models.efficientnet_lite import default_weights_path
 
-            default_weights_path()
-        else:
-            _resolve_model_dir(name)
+        default_weights_path()
     except ModelNotFoundError as exc:
         return str(exc).strip()
     except ImportError as exc:

@@ -1,12 +1,13 @@
-"""Text(-pair) sequence classifiers through transformers, loaded only from local files.
+"""Text(-pair) sequence classifiers through transformers.
 
 The NLI filters ported from DataFlow-MM (``facebook/bart-large-mnli`` by default) ask a classifier how
 likely a hypothesis follows from a premise. Here: ``load_text_classifier(model_name, device)`` gives a
 :class:`TextPairClassifier` whose ``probabilities(pairs)`` is the softmax over the model's logits for each
 (premise, hypothesis) pair, in batches. Models come from a local folder (anything ``save_pretrained``
-wrote) or the local Hugging Face cache (``local_files_only=True``); nothing is downloaded and no remote
-code is run. A model that is not on disk raises ``ModelNotFoundError`` saying how to provide it;
-``resolve_model_dir`` finds any other transformers model (a BLIP VQA model, say) the same way.
+wrote) or the Hugging Face cache, downloaded into it on first use unless ``HF_HUB_OFFLINE=1``
+(``dataflow.models.hub``); no remote code is run. A model that cannot be had raises
+``ModelNotFoundError`` saying how to provide it; ``resolve_model_dir`` finds any other transformers model
+(a BLIP VQA model, say) the same way.
 
 torch and transformers are imported lazily, so this module imports without the [clip] extra.
 """
@@ -20,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dataflow.models.clip import ModelNotFoundError, _looks_like_path, hf_cache_dir, resolve_device
+from dataflow.models import hub
+from dataflow.models.clip import resolve_device
+from dataflow.models.hub import ModelNotFoundError, incomplete_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "ModelNotFoundError",
     "DEFAULT_NLI_MODEL",
     "ENTAILMENT_INDEX",
     "TextPairClassifier",
@@ -42,64 +46,16 @@ DEFAULT_NLI_MODEL = "facebook/bart-large-mnli"
 ENTAILMENT_INDEX = 2
 
 
-def _missing_message(model_name: str, reason: str, what: str, repo_hint: str) -> str:
-    repo_id = repo_hint if _looks_like_path(model_name) else model_name
-    return (
-        f"{what} {model_name!r} was not found on local disk ({reason}). dataflow never downloads "
-        "models at run time. Either:\n"
-        "  1. pass the path of a local folder holding the model (config.json, weights, tokenizer and "
-        "processor files, as written by save_pretrained), or\n"
-        "  2. download it once, on a machine with network access, into the Hugging Face cache read here "
-        f"({hf_cache_dir()}; set HF_HOME to move it):\n"
-        f"       hf download {repo_id}    (older huggingface_hub: huggingface-cli download {repo_id})\n"
-    )
-
-
 def resolve_model_dir(
-    model_name: str | os.PathLike, what: str = "text classifier", repo_hint: str = DEFAULT_NLI_MODEL
+    model_name: str | os.PathLike, what: str = "text classifier", repo_hint: str = DEFAULT_NLI_MODEL, **options
 ) -> Path:
-    """A local folder for a transformers model: the folder itself, or its snapshot in the local HF cache.
-
-    ``what`` names the model in the error (``ModelNotFoundError``), ``repo_hint`` is the repo id its
-    download hint shows when ``model_name`` is a path.
-    """
-    name = os.fspath(model_name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(_missing_message(name, f"folder {path} has no config.json", what, repo_hint))
-        return path
-    if _looks_like_path(name) or path.exists():
-        raise ModelNotFoundError(_missing_message(name, f"no folder at {path.resolve()}", what, repo_hint))
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # not a valid repo id, or not in the local cache
-        reason = f"no folder at {path.resolve()} and not in the HF cache {hf_cache_dir()}"
-        raise ModelNotFoundError(_missing_message(name, reason, what, repo_hint)) from exc
-
-
-def incomplete_model(model_name, folder: Path, exc: Exception, what: str, repo_hint: str) -> ModelNotFoundError:
-    """The error for a folder whose weights, tokenizer or processor files are missing."""
-    reason = f"incomplete model in {folder}: {exc}"
-    return ModelNotFoundError(_missing_message(os.fspath(model_name), reason, what, repo_hint))
+    """A local folder for a transformers model (see ``dataflow.models.hub.resolve_model_dir``)."""
+    return hub.resolve_model_dir(model_name, what, repo_hint, **options)
 
 
 def classifier_problem(model_name, what: str = "text classifier", repo_hint: str = DEFAULT_NLI_MODEL) -> str | None:
-    """Why the transformers model ``model_name`` cannot be loaded from local disk, or None when it can
-    (loads nothing); ``what`` and ``repo_hint`` as for :func:`resolve_model_dir`."""
-    if model_name is None or not str(model_name):
-        return "no model given"
-    try:
-        resolve_model_dir(model_name, what, repo_hint)
-    except ModelNotFoundError as exc:
-        return str(exc).strip()
-    except ImportError as exc:
-        from dataflow import install_hint
-
-        return f"cannot look for it: {exc.name or exc} is not installed ({install_hint('clip')})"
-    return None
+    """Why the transformers model ``model_name`` cannot be loaded, or None when it can (loads nothing)."""
+    return hub.model_problem(model_name, what, repo_hint)
 
 
 def text_of(value) -> str:

@@ -1,9 +1,9 @@
 """Vision-language models run in this process: transformers (any ``AutoModelForImageTextToText`` with its
 processor's chat template) and vLLM's offline engine (DataFlow-MM's ``LocalModelVLMServing_vllm``).
 
-Models load from local disk only: a folder written by ``save_pretrained``, ``hf_local_dir``, or a Hub id
-already in the local Hugging Face cache (``local_files_only=True``; nothing is downloaded, no remote code
-runs). A model that is not there stops the run with a message saying how to provide it. The model loads on
+Models load from a folder written by ``save_pretrained``, ``hf_local_dir``, or a Hub id in the Hugging Face
+cache, downloaded there on first use unless ``HF_HUB_OFFLINE=1`` (no remote code runs). A model that cannot
+be had stops the run with a message saying how to provide it. The model loads on
 the first request, not when the serving is built, and stays loaded until :meth:`cleanup`.
 """
 
@@ -36,56 +36,34 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 VLLM_CHUNK = 256  # requests handed to vLLM at once: its scheduler batches them; images are decoded per chunk
 
 
+VLM_WHAT, VLM_HINT = "vision-language model", "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def _local_folder(name: Any, hf_local_dir: str | None) -> Path | None:
+    """``name`` itself or ``hf_local_dir`` (where DataFlow-MM downloads to), when it holds a model."""
+    for folder in (Path(os.fspath(name)).expanduser(), Path(hf_local_dir).expanduser() if hf_local_dir else None):
+        if folder is not None and (folder / "config.json").is_file():
+            return folder
+    return None
+
+
 def model_folder(name: Any, hf_cache_dir: str | None = None, hf_local_dir: str | None = None) -> Path:
-    """The local folder of a model: ``name`` itself, ``hf_local_dir`` (where DataFlow-MM downloads to), or
-    ``name``'s snapshot in the local HF cache (``hf_cache_dir``, else the default one). Never downloads."""
-    from dataflow.models.clip import ModelNotFoundError, _looks_like_path
+    """The local folder of a model: ``name`` itself, ``hf_local_dir``, or ``name``'s snapshot in the HF
+    cache (``hf_cache_dir``, else the default one), downloaded there on first use unless HF_HUB_OFFLINE."""
+    from dataflow.models.hub import ModelNotFoundError, resolve_model_dir
 
     if name is None or not str(name):
         raise ModelNotFoundError("no model given: pass hf_model_name_or_path (a folder or a Hub id)")
-    text = os.fspath(name)
-    path = Path(text).expanduser()
-    tried = []
-    for folder in (path, Path(hf_local_dir).expanduser() if hf_local_dir else None):
-        if folder is None:
-            continue
-        if (folder / "config.json").is_file():
-            return folder
-        tried.append(f"no config.json in {folder.resolve()}" if folder.is_dir() else f"no folder {folder.resolve()}")
-    if not _looks_like_path(text) and not path.exists():
-        from huggingface_hub import snapshot_download
-
-        cache = os.path.expanduser(hf_cache_dir) if hf_cache_dir else None
-        try:
-            return Path(snapshot_download(text, cache_dir=cache, local_files_only=True))
-        except Exception:  # not a valid repo id, or not in the local cache
-            from dataflow.models.clip import hf_cache_dir as default_cache
-
-            tried.append(f"not in the HF cache {cache or default_cache()}")
-    repo = text if not _looks_like_path(text) else "Qwen/Qwen2.5-VL-3B-Instruct"
-    raise ModelNotFoundError(
-        f"vision-language model {text!r} was not found on local disk ({'; '.join(tried)}). dataflow never "
-        "downloads models at run time. Either pass the path of a folder written by save_pretrained (config, "
-        "weights, tokenizer, processor and chat template), or download it once, on a machine with network "
-        f"access, into the Hugging Face cache: hf download {repo}"
-    )
+    return _local_folder(name, hf_local_dir) or resolve_model_dir(name, VLM_WHAT, VLM_HINT, cache_dir=hf_cache_dir)
 
 
 def _problem(name: Any, hf_cache_dir: str | None, hf_local_dir: str | None) -> list[str]:
-    from dataflow.models.clip import ModelNotFoundError
+    from dataflow.models.hub import model_problem
 
-    try:
-        model_folder(name, hf_cache_dir, hf_local_dir)
-    except ModelNotFoundError as exc:
-        return [f"hf_model_name_or_path={name!r}: {str(exc).strip()}"]
-    except ImportError as exc:
-        from dataflow import install_hint
-
-        missing = exc.name or exc
-        return [
-            f"hf_model_name_or_path={name!r}: cannot look for it: {missing} is not installed ({install_hint('clip')})"
-        ]
-    return []
+    if name is not None and str(name) and _local_folder(name, hf_local_dir):
+        return []
+    problem = model_problem(name, VLM_WHAT, VLM_HINT, cache_dir=hf_cache_dir)
+    return [f"hf_model_name_or_path={name!r}: {problem}"] if problem else []
 
 
 class _LocalServing(VLMServingABC):
@@ -371,8 +349,8 @@ class LocalModelVLMServing_vllm(_LocalServing):
     parameters; needs ``pip install vllm`` and a GPU).
 
     Requests go to ``LLM.chat`` in OpenAI's message format, images as ``data:`` URLs, in chunks of 256
-    (vLLM batches them itself). Differences from DataFlow-MM: the model loads from local disk only (it
-    never downloads) and on the first request rather than when the serving is built; a failed request
+    (vLLM batches them itself). Differences from DataFlow-MM: the model loads (a folder, ``hf_local_dir`` or
+    the HF cache, downloaded into the cache on first use unless ``HF_HUB_OFFLINE=1``) on the first request rather than when the serving is built; a failed request
     is a null answer with a reason, not an error string. For a vLLM server (``vllm serve``), use
     ``APIVLMServing_openai``.
 

@@ -47,7 +47,7 @@ class ImageCLIPEvaluator(ImageEvaluator):
       to 224 (fp32 on the cpu, scores within about 1e-3 of DataFlow-MM's; fp16 on cuda);
     - images are turned upright by their EXIF orientation (DataFlow-MM scores them as stored);
     - the model loads on first `run`, not in `__init__`, and stays loaded; it loads from a local folder
-      or the local Hugging Face cache only, never downloaded;
+      or the Hugging Face cache, downloaded into it on first use unless `HF_HUB_OFFLINE=1`;
     - options: `scale` ("clamp": DataFlow-MM's ImageClipFilter score, for `ImageClipFilter(input_score_key=...)`;
       "cosine": the raw cosine), `batch_size`, `num_workers`.
     - it also writes `image_error` and `image_error_detail`; `run` returns `[output_key]` as DataFlow-MM.

@@ -139,7 +139,8 @@ class ImageVQAScoreEvaluator(ImageEvaluator):
 
     Parameters:
         model_name: a local folder holding a BLIP VQA model (`BlipForQuestionAnswering` and its
-            `BlipProcessor`), or a Hugging Face repo id already in the local cache; nothing is downloaded
+            `BlipProcessor`), or a Hugging Face repo id (from the local cache, downloaded into it on first use unless
+            `HF_HUB_OFFLINE=1`)
         device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu
         local_only: accepted for DataFlow-MM scripts; models are always read from local files only
         batch_size: image-question pairs per model forward pass

@@ -40,7 +40,7 @@ class ImageClipFilter(RowFilter):
       the other way;
     - images are turned upright by their EXIF orientation (DataFlow-MM scores them as stored);
     - the model loads on first `run`, not in `__init__`, and stays loaded; it loads from a local folder
-      or the local Hugging Face cache only, never downloaded;
+      or the Hugging Face cache, downloaded into it on first use unless `HF_HUB_OFFLINE=1`;
     - options: `output_score_key` (the score, on the kept rows), `input_score_key` (a column of this
       score, e.g. from `ImageCLIPEvaluator(scale="clamp")`, used instead of running the model),
       `batch_size`, `num_workers`; `run` returns `[input_image_key, input_caption_key]` as DataFlow-MM.

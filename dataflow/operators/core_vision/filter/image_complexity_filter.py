@@ -46,8 +46,8 @@ class ImageComplexityFilter(RowFilter):
     - pairs run in batches of `batch_size` (DataFlow-MM: one pair per forward pass); padding is masked,
       so a pair's probabilities do not depend on its batch (equal to within float rounding);
     - the model loads on first `run`, not in `__init__`, and stays loaded so the operator can run again;
-      models load from a local folder or the local Hugging Face cache only (DataFlow-MM also passes
-      `local_files_only=True`);
+      models load from a local folder or the Hugging Face cache, downloaded into it on first use unless
+      `HF_HUB_OFFLINE=1` (DataFlow-MM passes `local_files_only=True`, so it never downloads);
     - a null or non-text caption counts no capability (DataFlow-MM raises on a NaN caption); a model
       error is raised, not logged with the capabilities found so far;
     - options: `entailment_label` (read another class, for NLI models that order their labels
@@ -56,7 +56,7 @@ class ImageComplexityFilter(RowFilter):
 
     Parameters:
         model_name: a local folder holding a sequence-classification (NLI) model, or a Hugging Face repo
-            id already in the local cache; nothing is downloaded
+            id (from the local cache, downloaded into it on first use unless `HF_HUB_OFFLINE=1`)
         threshold: lowest entailment probability at which a capability counts (inclusive)
         min_k: fewest capabilities a kept caption covers
         device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu

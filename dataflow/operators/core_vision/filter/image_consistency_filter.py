@@ -34,7 +34,7 @@ class ImageConsistencyFilter(RowFilter):
 
     Parameters:
         model_name: a local folder holding a sequence-classification (NLI) model, or a Hugging Face repo
-            id already in the local cache; nothing is downloaded
+            id (from the local cache, downloaded into it on first use unless `HF_HUB_OFFLINE=1`)
         threshold: lowest entailment probability kept (inclusive)
         device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu
         batch_size: rows per model forward pass

@@ -84,7 +84,7 @@ class ImageSensitiveFilter(RowFilter):
 
     Parameters:
         model_name: a local folder holding a sequence-classification (NLI) model, or a Hugging Face repo
-            id already in the local cache; nothing is downloaded
+            id (from the local cache, downloaded into it on first use unless `HF_HUB_OFFLINE=1`)
         threshold: a risk probability at or above this flags the text (rows kept have every risk below it)
         device: `"cuda"`, `"cpu"` or None (cuda when available); cuda without a GPU warns and uses the cpu
         batch_size: (text, hypothesis) pairs per model forward pass
