@@ -67,6 +67,10 @@ class Site:
         self.slow_seconds = 1.0
         self.held_seconds = 0.15
         self.key: str | None = None  # the Bearer key the server wants (None: any or none)
+        # After this many answers, requests wait (up to 30 s) for `release`: a run to kill mid-step.
+        self.answer_limit: int | None = None
+        self.answered = 0
+        self.release = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -107,6 +111,12 @@ class Handler(BaseHTTPRequestHandler):
                 with Image.open(io.BytesIO(base64.b64decode(data))) as img:
                     sizes.append(f"{img.size[0]}x{img.size[1]}")
         behaviour = prompt.split()[0] if prompt else "ok"
+        with site.lock:
+            held = site.answer_limit is not None and site.answered >= site.answer_limit
+            site.answered += not held
+        if held:
+            site.release.wait(30)
+            return self.reply(503, {"error": {"message": "held past the answer limit"}})
         with site.lock:
             site.counts[prompt] += 1
             count = site.counts[prompt]

@@ -12,7 +12,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,6 +174,7 @@ class APIVLMServing_openai(VLMServingABC):
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         base_dir: str | os.PathLike | None = None,
         desc: str = "",
+        on_result: Callable[[int, VLMResult], None] | None = None,
     ) -> list[VLMResult]:
         prompts = list(prompts)
         sources = per_request_images(images, len(prompts))
@@ -199,6 +200,8 @@ class APIVLMServing_openai(VLMServingABC):
                     with lock:
                         results[i] = result
                         bar.update(1)
+                        if on_result is not None:
+                            on_result(i, result)
             except BaseException as exc:  # ServingError (a refused key) or a bug: handed to the caller's thread
                 with lock:
                     errors.append(exc)

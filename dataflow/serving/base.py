@@ -28,7 +28,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,7 @@ class VLMServingABC(LLMServingABC):
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         base_dir: str | os.PathLike | None = None,
         desc: str = "",
+        on_result: Callable[[int, VLMResult], None] | None = None,
     ) -> list[VLMResult]:
         """One result per prompt, in order.
 
@@ -155,6 +156,8 @@ class VLMServingABC(LLMServingABC):
         DataFlow's ``{"from", "value"}`` turns) whose last user turn gets the images. ``images``: per
         request, one image source or a list of them (None or ``[]``: text only); relative paths are taken
         against ``base_dir``. An unreadable image fails its request with the loader's reason.
+        ``on_result(i, result)`` is called as each request finishes (in completion order, one call at a
+        time), so a caller can keep finished answers before the whole list is done.
         """
 
     # -- DataFlow-MM's methods

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class _LocalServing(VLMServingABC):
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         base_dir: str | os.PathLike | None = None,
         desc: str = "",
+        on_result: Callable[[int, VLMResult], None] | None = None,
     ) -> list[VLMResult]:
         prompts = list(prompts)
         sources = per_request_images(images, len(prompts))
@@ -102,6 +103,8 @@ class _LocalServing(VLMServingABC):
         def flush() -> None:
             for i, result in self._run(batch):
                 results[i] = result
+                if on_result is not None:
+                    on_result(i, result)
             bar.update(len(batch))
             batch.clear()
 
@@ -113,6 +116,8 @@ class _LocalServing(VLMServingABC):
                     imgs = [load_for_model(s, base_dir, self.max_side, self.max_pixels) for s in sources[i]]
                 except ImageLoadError as exc:
                     results[i] = VLMResult(reason=exc.reason, detail=exc.detail or exc.reason, image_failed=True)
+                    if on_result is not None:
+                        on_result(i, results[i])
                     bar.update(1)
                     continue
                 batch.append((i, self._prepare(conversation_of(prompt), imgs, system_prompt)))
@@ -349,9 +354,10 @@ class LocalModelVLMServing_vllm(_LocalServing):
     parameters; needs ``pip install vllm`` and a GPU).
 
     Requests go to ``LLM.chat`` in OpenAI's message format, images as ``data:`` URLs, in chunks of 256
-    (vLLM batches them itself). Differences from DataFlow-MM: the model loads (a folder, ``hf_local_dir`` or
-    the HF cache, downloaded into the cache on first use unless ``HF_HUB_OFFLINE=1``) on the first request rather than when the serving is built; a failed request
-    is a null answer with a reason, not an error string. For a vLLM server (``vllm serve``), use
+    (vLLM batches them itself). Differences from DataFlow-MM: the model (a folder, ``hf_local_dir`` or the
+    HF cache, downloaded into the cache on first use unless ``HF_HUB_OFFLINE=1``) loads on the first request
+    rather than when the serving is built; a failed request is a null answer with a reason, not an error
+    string. For a vLLM server (``vllm serve``), use
     ``APIVLMServing_openai``.
 
     Parameters:

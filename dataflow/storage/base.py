@@ -29,6 +29,13 @@ class DataFlowStorage(ABC):
     def write(self, data: Any) -> Any:
         """Store ``data`` (a DataFrame or a list of row dicts)."""
 
+    def journal(self, name: str = "rows"):
+        """Where a slow step keeps the rows it has finished (``dataflow.storage.journal``); a storage
+        without files keeps none."""
+        from dataflow.storage.journal import NullJournal
+
+        return NullJournal()
+
     def __repr__(self) -> str:
         shown = []
         for key, value in vars(self).items():

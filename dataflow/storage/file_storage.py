@@ -28,6 +28,7 @@ from dataflow.storage.image_paths import (
     named_files,
 )
 from dataflow.storage.inputs import HF, WEBDATASET, input_kind, read_input
+from dataflow.storage.journal import RowJournal, journal_paths
 from dataflow.storage.lock import cache_folder_error
 from dataflow.storage.manifest import (
     StorageError,
@@ -162,6 +163,14 @@ class FileStorage(DataFlowStorage):
 
     def rejected_path(self, step: int) -> Path:
         return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.rejected.jsonl"
+
+    def journal(self, name: str = "rows") -> RowJournal:
+        """The row journal of the step being written (``<prefix>_step<N>.<name>.journal.jsonl``), for this
+        call: an interrupted run of the same operator, parameters and input left the rows it finished there."""
+        call_fp = self._call.fingerprint if self._call else "manual"
+        step = self.operator_step + 1
+        path = Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.{name}.journal.jsonl"
+        return RowJournal(path, fingerprint(call_fp, self.step_fingerprint(self.operator_step)))
 
     def manifest(self, step: int) -> dict | None:
         return read_manifest(self.manifest_path(step))
@@ -410,6 +419,8 @@ class FileStorage(DataFlowStorage):
             write_manifest(
                 self.manifest_path(out_step), {**pending.manifest, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             )
+            for journal in journal_paths(target):  # the step holds what they kept
+                journal.unlink(missing_ok=True)
         except OSError as exc:
             raise cache_folder_error(Path(self.cache_path), exc) from exc
         return str(target)

@@ -11,6 +11,7 @@ from dataflow.core.images import ERROR_COLUMN, ERROR_DETAIL_COLUMN, image_column
 from dataflow.core.operator import OperatorABC
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.log import get_logger
+from dataflow.operators.core_vision._generation import generate_resumable
 from dataflow.serving import build_serving
 from dataflow.serving.base import VLMServingABC
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
@@ -51,7 +52,11 @@ class ImageCaptionGenerator(OperatorABC):
     Each row is captioned on its own (``execution = "rowwise"``): under ``dataflow run --engine ray`` every
     worker holds its own serving, so an API server sees up to workers x ``max_workers`` requests at once.
     A cached step is not captioned again when the pipeline reruns; rerun with ``dataflow run --no-resume``
-    (or ``forward(resume=None)``) to retry the rows whose request failed.
+    (or ``forward(resume=None)``) to retry the rows whose request failed. Inside the step, each caption is
+    kept in the step's journal (``<prefix>_step<N>.answers.journal.jsonl``) the moment it arrives: after a
+    crash, a kill or Ctrl-C, the rerun asks only for the rows not captioned yet (same operator, serving
+    settings and input; the journal goes when the step is written). The step's manifest records the
+    serving (model, URL, sampling settings) and the prompts, and they are part of its fingerprint.
 
     Differences from DataFlow-MM, whose operator reads the user turn from a ``conversation`` column and
     writes the serving's ``"Error: ..."`` text as the caption of a failed request: the prompt is a
@@ -148,9 +153,7 @@ class ImageCaptionGenerator(OperatorABC):
             prompts = [p if isinstance(p, str) and p.strip() else self.prompt for p in df[input_prompt_key]]
         else:
             prompts = [self.prompt] * len(df)
-        results = self.serving.generate_results(
-            prompts, images, system_prompt=self.system_prompt or None, base_dir=storage.image_base, desc=name
-        )
+        results = generate_resumable(self.serving, storage, prompts, images, self.system_prompt or None, name)
         ok = [r.ok for r in results]
         failed = Counter(r.reason for r in results if not r.ok)
         logger.info(
