@@ -106,3 +106,44 @@ def test_a_missing_input_says_where_relative_paths_start(tmp_path, capsys):
     )
     assert main(["run", str(cfg), "--check"]) != 0
     assert f"relative paths are taken against {tmp_path}" in capsys.readouterr().err
+
+
+OPTIONAL_STEP = """
+storage: {first_entry_file_name: %s, cache_path: %s, cache_type: jsonl}
+steps:
+  - operator: ImageMetadataEvaluator
+    run: {input_image_key: image}
+  - operator: ImageTextSimilarityEvaluator
+    optional: %s
+    params: {model_name: no-org/no-such-clip}
+    run: {input_image_key: image, input_text_key: caption}
+  - operator: ImageResolutionFilter
+    params: {min_width: 64, min_height: 64}
+    run: {input_image_key: image, input_width_key: width, input_height_key: height}
+"""
+
+
+def test_an_optional_step_whose_model_is_not_on_disk_is_left_out_with_a_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # even where downloads are allowed: optional means "if on disk"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    config = tmp_path / "optional.yaml"
+    config.write_text(OPTIONAL_STEP % (REPO / "example_data" / "images.jsonl", tmp_path / "cache", "true"))
+    assert main(["run", str(config)]) == 0
+    err = caplog.text
+    assert "step 2 ImageTextSimilarityEvaluator left out (optional; not on local disk)" in err
+    assert "no-org/no-such-clip" in err
+    # Two steps ran, numbered as they ran: the filter read the metadata step.
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*_step*.meta.json")) == [
+        "dataflow_cache_step_step1.meta.json",
+        "dataflow_cache_step_step2.meta.json",
+    ], list((tmp_path / "cache").iterdir())
+    assert json.loads((tmp_path / "cache" / "dataflow_cache_step_step2.meta.json").read_text())["operator"] == (
+        "ImageResolutionFilter"
+    )
+
+
+def test_optional_must_be_a_boolean(tmp_path, capsys):
+    config = tmp_path / "optional.yaml"
+    config.write_text(OPTIONAL_STEP % (REPO / "example_data" / "images.jsonl", tmp_path / "cache", "maybe"))
+    assert main(["run", str(config), "--check"]) == 2
+    assert "'optional' must be true or false, got 'maybe'" in capsys.readouterr().err

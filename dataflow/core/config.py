@@ -27,10 +27,13 @@ import yaml
 
 from dataflow.core.pipeline import PipelineABC
 from dataflow.core.registry import OPERATOR_REGISTRY
+from dataflow.log import get_logger
 from dataflow.storage import FileStorage
 
+logger = get_logger("dataflow.config")
+
 TOP_LEVEL_KEYS = ("storage", "steps", "name", "description")
-STEP_KEYS = ("operator", "params", "run", "name", "ray")  # ray: per-step options of --engine ray
+STEP_KEYS = ("operator", "params", "run", "name", "ray", "optional")  # ray: per-step options of --engine ray
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -103,11 +106,30 @@ def build_pipeline(
     steps = []
     for i, step in enumerate(steps_cfg, start=1):
         built = _build_step(i, step, problems, user_operators)
-        if built:
+        if built and not _left_out(i, step, *built, problems):
             steps.append(built)
     if problems:
         raise ConfigError(source, problems)
     return ConfigPipeline(storage, steps)
+
+
+def _left_out(i: int, step: dict, operator, run_keys: dict, problems: list[str]) -> bool:
+    """An ``optional: true`` step runs only when its models are on local disk now; else it is left out of the
+    pipeline (before compile, so resume and step numbers follow the steps that run), with a line saying why."""
+    optional = step.get("optional", False)
+    if not isinstance(optional, bool):
+        problems.append(f"step {i} {type(operator).__name__}: 'optional' must be true or false, got {optional!r}")
+        return False
+    if not optional:
+        return False
+    from dataflow.models.hub import local_only
+
+    with local_only():
+        missing = operator.missing_models(run_keys)
+    for problem in missing:
+        first_line = str(problem).strip().splitlines()[0]
+        logger.warning("step %d %s left out (optional; not on local disk): %s", i, type(operator).__name__, first_line)
+    return bool(missing)
 
 
 STORAGE_PATH_KEYS = ("first_entry_file_name", "cache_path")

@@ -14,7 +14,10 @@ this module is imported, so a process can change them.
 
 from __future__ import annotations
 
+import contextvars
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dataflow.log import get_logger
@@ -41,9 +44,23 @@ class ModelNotFoundError(FileNotFoundError):
     to provide it."""
 
 
+_LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("dataflow_models_local_only", default=False)
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Within the block, models count as available only when on disk (the check of a config's optional steps)."""
+    token = _LOCAL_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.reset(token)
+
+
 def downloads_allowed(local_files_only: bool | None = None) -> bool:
-    """False when the caller said ``local_files_only=True`` or the environment turns the Hub off."""
-    if local_files_only:
+    """False when the caller said ``local_files_only=True``, inside :func:`local_only`, or when the environment
+    turns the Hub off."""
+    if local_files_only or _LOCAL_ONLY.get():
         return False
     return not any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -69,7 +86,9 @@ def looks_like_path(name: str) -> bool:
 
 def _message(name: str, what: str, repo_hint: str, reason: str, offline: bool) -> str:
     repo_id = repo_hint if looks_like_path(name) else name
-    if offline:
+    if offline and _LOCAL_ONLY.get():
+        why = "only models already on disk count here"
+    elif offline:
         why = "downloads are off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, or local_files_only=True)"
     else:
         why = "and it could not be downloaded"
