@@ -67,6 +67,7 @@ class Site:
         self.slow_seconds = 1.0
         self.held_seconds = 0.15
         self.key: str | None = None  # the Bearer key the server wants (None: any or none)
+        self.script = None  # (prompt, sizes) -> (behaviour, answer): a test's own completions
         # After this many answers, requests wait (up to 30 s) for `release`: a run to kill mid-step.
         self.answer_limit: int | None = None
         self.answered = 0
@@ -111,6 +112,9 @@ class Handler(BaseHTTPRequestHandler):
                 with Image.open(io.BytesIO(base64.b64decode(data))) as img:
                     sizes.append(f"{img.size[0]}x{img.size[1]}")
         behaviour = prompt.split()[0] if prompt else "ok"
+        answer = f" {prompt} | {' '.join(sizes)} "
+        if site.script is not None:
+            behaviour, answer = site.script(prompt, sizes)
         with site.lock:
             held = site.answer_limit is not None and site.answered >= site.answer_limit
             site.answered += not held
@@ -133,9 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with site.lock:
                 site.active -= 1
-        caption = {
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f" {prompt} | {' '.join(sizes)} "}}]
-        }
+        caption = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
         try:
             if behaviour == "flaky" and count == 1:
                 self.reply(500, {"error": {"message": "worker crashed"}})
@@ -693,3 +695,24 @@ def test_vllm_serving_drives_the_offline_engine(tiny_vlm, images, monkeypatch):
     url = conversation[1]["content"][0]["image_url"]["url"]
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as img:
         assert img.size == (32, 24)
+
+
+def test_a_jpeg_needing_no_change_goes_as_its_own_bytes_and_others_are_reencoded(images):
+    from dataflow.media import ImageLoadError
+    from dataflow.serving.base import image_data_url
+
+    def sent(name: str, **options) -> bytes:
+        url = image_data_url(f"img/{name}", images, options.get("max_side"), None, options.get("fmt", "jpeg"))
+        return base64.b64decode(url.split(",", 1)[1])
+
+    original = (images / "img" / "wide.jpg").read_bytes()
+    assert sent("wide.jpg") == original  # as it is: no second compression
+    assert sent("wide.jpg", max_side=400) != original  # shrunk
+    with Image.open(io.BytesIO(sent("wide.jpg", max_side=400))) as img:
+        assert img.size == (400, 200)
+    with Image.open(io.BytesIO(sent("sideways.jpg"))) as img:  # turned upright, so re-encoded
+        assert img.size == (60, 120)
+    assert sent("wide.jpg", fmt="png")[:4] == b"\x89PNG"
+    with pytest.raises(ImageLoadError) as err:  # checked whole before it is sent as it is
+        sent("cut.jpg")
+    assert err.value.reason == "truncated"

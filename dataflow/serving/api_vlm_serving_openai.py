@@ -30,8 +30,7 @@ from dataflow.serving.base import (
     check_image_format,
     check_max_side,
     conversation_of,
-    data_url,
-    load_for_model,
+    image_data_url,
     openai_messages,
     per_request_images,
 )
@@ -49,7 +48,9 @@ class APIVLMServing_openai(VLMServingABC):
     ``choices[0].message.content``.
 
     Images are decoded once by ``dataflow.media`` (upright: EXIF orientation applied), shrunk to fit in
-    ``max_side`` x ``max_side`` when it is set, and re-encoded (JPEG, or PNG). ``max_workers`` threads send
+    ``max_side`` x ``max_side`` when it is set, and re-encoded (JPEG, or PNG). A JPEG that needs no change
+    (upright, RGB or grey, within ``max_side``) is sent as its own bytes once it decoded whole: no second
+    round of compression loss. ``max_workers`` threads send
     requests at once, each over its own keep-alive connection. Timeouts, dropped connections, 408, 409, 429
     and 5xx answers are retried up to ``max_retries`` times with exponential backoff and jitter (a
     ``Retry-After`` is honoured up to ``max_retry_wait``); other 4xx answers fail their request at once.
@@ -232,11 +233,10 @@ class APIVLMServing_openai(VLMServingABC):
         urls = []
         for source in sources:
             try:
-                img = load_for_model(source, base_dir, self.max_side, self.max_pixels)
+                options = (self.max_side, self.max_pixels, self.image_format, self.jpeg_quality)
+                urls.append(image_data_url(source, base_dir, *options))
             except ImageLoadError as exc:
                 return VLMResult(reason=exc.reason, detail=exc.detail or exc.reason, image_failed=True)
-            urls.append(data_url(img, self.image_format, self.jpeg_quality))
-            del img
         body = json.dumps(self.request_body(conversation_of(prompt), urls, system_prompt)).encode("utf-8")
         del urls
         return client.send(body, stop)

@@ -272,6 +272,39 @@ def load_for_model(source: Any, base_dir: str | os.PathLike | None, max_side: in
     return img
 
 
+def image_data_url(
+    source: Any,
+    base_dir: str | os.PathLike | None,
+    max_side: int | None,
+    max_pixels: int | None,
+    image_format: str = "jpeg",
+    jpeg_quality: int = 90,
+) -> str:
+    """The ``data:`` URL of one image as a model gets it; raises ImageLoadError for an unreadable one.
+
+    A JPEG the model can take as it is (upright, RGB or grey, within ``max_side``) goes as its own bytes:
+    no second generation of compression loss, and no encode. It is still decoded whole first (at 1/8 DCT
+    scale, which reads every block), so a truncated or lying file fails with the loader's reason as any
+    other. Every other image is decoded, shrunk to ``max_side`` and encoded as ``image_format``.
+    """
+    from PIL import Image
+
+    from dataflow.media import load_image
+    from dataflow.media.loader import read_source_bytes
+
+    if image_format == "jpeg" and not isinstance(source, Image.Image):
+        load_image(source, base_dir, draft_size=1, max_pixels=max_pixels)  # the whole stream is sound
+        data, _ = read_source_bytes(source, base_dir)
+        if data[:3] == b"\xff\xd8\xff":
+            with Image.open(io.BytesIO(data)) as raw:
+                upright = raw.getexif().get(0x0112, 1) in (None, 1)
+                as_is = upright and raw.mode in ("RGB", "L") and (max_side is None or max(raw.size) <= max_side)
+            if as_is:
+                return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}"
+    img = load_for_model(source, base_dir, max_side, max_pixels)
+    return data_url(img, image_format, jpeg_quality)
+
+
 def data_url(img, image_format: str = "jpeg", jpeg_quality: int = 90) -> str:
     """``data:image/<format>;base64,...`` of an RGB image."""
     buffer = io.BytesIO()

@@ -55,7 +55,8 @@ class NullJournal:
 
 
 class RowJournal(NullJournal):
-    """``done``: key -> value of the rows finished by an earlier, interrupted run of the same call."""
+    """``done``: key -> value of the rows finished by an earlier, interrupted run of the same call (what this
+    run adds goes to the file only: memory stays that of the rows resumed)."""
 
     def __init__(self, path: Path, fingerprint: str):
         super().__init__()
@@ -100,7 +101,6 @@ class RowJournal(NullJournal):
                 self._file.write("\n")  # end a torn line so the next entry stands on its own
         self._file.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
         self._file.flush()
-        self.done[key] = value
         if time.monotonic() - self._synced > SYNC_SECONDS:
             os.fsync(self._file.fileno())
             self._synced = time.monotonic()
