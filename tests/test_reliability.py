@@ -24,11 +24,24 @@ NOT_IMAGE_OPERATORS = {
     "ImageDownloader",
     "ImageComplexityFilter",  # NLI over captions only
     "ImageConsistencyFilter",
+    "PromptedRefiner",  # text in, text out (an image only when asked)
+    "VisionDependentFilter",  # asks without the image
 }
 # Image operators whose model is not CLIP run the bad-input images in their own test files, with the tiny
 # model those build (tests/models/test_dataflow_mm_model_operators.py, tests/test_vlm_serving.py);
 # ImageSensitiveFilter checks only that an image is there, as DataFlow-MM's does, so a truncated file passes it.
-OWN_SUITE = {"ImageVQAScoreEvaluator", "ImageSensitiveFilter", "ImageCaptionGenerator"}
+# Their own test files run the suite with the tiny models they build (RuleBaseFilter: a null image is a
+# text-only row there, DataFlow-MM's meaning).
+OWN_SUITE = {
+    "ImageVQAScoreEvaluator",
+    "ImageSensitiveFilter",
+    "ImageCaptionGenerator",
+    "ImageClassifierEvaluator",
+    "ImageLongCLIPEvaluator",
+    "RuleBaseFilter",
+    "FailRateFilter",
+    "DataTailorFilter",
+}
 MODEL_OPERATORS = {
     "ImageEmbeddingEvaluator",
     "ImageDeduplicateFilter",

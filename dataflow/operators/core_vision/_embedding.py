@@ -88,7 +88,7 @@ def embed_images(
         num_workers=num_workers,
         desc=desc,
         base_dir=base_dir,
-        side=MODEL_SIDE,
+        side=max(MODEL_SIDE, getattr(embedder, "resize_to", 0)),  # never below a 336-px model's input
         max_pixels=max_pixels,
     ):
         images = [Image.fromarray(r.value) for r in results if r.error is None]
