@@ -1,0 +1,85 @@
+"""The partitioned (approximate) cosine search: a subset of the exact answer with exact scores, and the
+recall it reports is the recall it has."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dataflow.algorithms.cosine_search import find_similar_pairs
+from dataflow.algorithms.partitioned_search import (
+    estimate_recall,
+    find_similar_pairs_partitioned,
+    spherical_kmeans,
+)
+from dataflow.evaluation.synthetic import planted_embeddings
+
+
+@pytest.fixture(scope="module")
+def data():
+    vectors, planted = planted_embeddings(6000, 64, dup_fraction=0.1, seed=3)
+    return vectors, planted, find_similar_pairs(vectors, 0.9)
+
+
+def keys(pairs: np.ndarray, n: int) -> set:
+    return set((pairs[:, 0] * n + pairs[:, 1]).tolist())
+
+
+def test_one_partition_is_the_exact_search(data):
+    vectors, _, exact = data
+    got, stats = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=1)
+    np.testing.assert_array_equal(got.pairs, exact.pairs)
+    np.testing.assert_array_equal(got.similarities, exact.similarities)
+    np.testing.assert_array_equal(got.max_similarity[exact.nearest >= 0], exact.max_similarity[exact.nearest >= 0])
+    assert stats.n_partitions == 1 and stats.cells_per_row == 1.0
+
+
+def test_partitions_find_a_subset_with_exact_scores_and_high_recall(data):
+    vectors, planted, exact = data
+    n = len(vectors)
+    got, stats = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=60)
+    found, truth = keys(got.pairs, n), keys(exact.pairs, n)
+    assert found <= truth  # precision 1.0: every pair verified exactly
+    assert len(found & truth) / len(truth) >= 0.99
+    where = dict(zip((exact.pairs[:, 0] * n + exact.pairs[:, 1]).tolist(), exact.similarities, strict=True))
+    assert all(where[k] == s for k, s in zip((got.pairs[:, 0] * n + got.pairs[:, 1]).tolist(), got.similarities))
+    assert stats.compared_pairs < n * (n - 1) // 2 / 10  # far fewer comparisons than the exact search
+    assert 1.0 < stats.cells_per_row <= 3.0
+    # The planted copies at 0.9 or more are found.
+    planted_sims = np.einsum("ij,ij->i", vectors[planted[:, 0]], vectors[planted[:, 1]])
+    wanted = keys(np.sort(planted[planted_sims >= 0.905], axis=1), n)
+    assert len(wanted & found) / len(wanted) >= 0.99
+
+
+def test_no_border_copies_lose_pairs_and_the_estimate_sees_it(data):
+    vectors, _, exact = data
+    n = len(vectors)
+    got, _ = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=200, border=0.0, max_cells=1)
+    true_recall = len(keys(got.pairs, n) & keys(exact.pairs, n)) / len(exact.pairs)
+    assert true_recall < 0.99
+    estimated, pairs = estimate_recall(vectors, 0.9, got.pairs, sample=2000)
+    assert pairs > 100 and abs(estimated - true_recall) < 0.08
+    full, _ = estimate_recall(vectors, 0.9, exact.pairs, sample=500)
+    assert full == 1.0
+
+
+def test_memmapped_vectors_give_the_same_answer(data, tmp_path):
+    vectors, _, _ = data
+    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=vectors.shape)
+    mm[:] = vectors
+    mm.flush()
+    again = np.load(tmp_path / "v.npy", mmap_mode="r")
+    a, _ = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=40)
+    b, _ = find_similar_pairs_partitioned(again, 0.9, n_partitions=40)
+    np.testing.assert_array_equal(a.pairs, b.pairs)
+
+
+def test_kmeans_centroids_are_unit_and_small_inputs_work():
+    vectors, _ = planted_embeddings(50, 8, seed=1)
+    centroids = spherical_kmeans(vectors, 5)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    for n in (0, 1, 2):
+        got, stats = find_similar_pairs_partitioned(vectors[:n], 0.5)
+        assert got.pairs.shape == (0, 2) or n == 2
+    with pytest.raises(ValueError):
+        find_similar_pairs_partitioned(vectors, 0.9, max_cells=0)
