@@ -303,6 +303,25 @@ def _exact_dots(vectors, left, right):
 
 
 @njit(cache=True)
+def _exact_dots_serial(vectors, left, right):
+    """`_exact_dots` on one thread, for small batches: waking a thread pool per call of a few hundred dots
+    (beside a BLAS pool that spins after each matmul) costs far more than the dots."""
+    out = np.empty(left.shape[0], dtype=np.float32)
+    dim = vectors.shape[1]
+    for p in range(left.shape[0]):
+        a = left[p]
+        b = right[p]
+        acc = 0.0
+        for d in range(dim):
+            acc += np.float64(vectors[a, d]) * np.float64(vectors[b, d])
+        out[p] = np.float32(acc)
+    return out
+
+
+_SERIAL_DOTS = 50_000  # below this many dots, one thread
+
+
+@njit(cache=True)
 def _best_partners(n, left, right, sims, best, nearest):
     """Per row, the highest similarity among candidate pairs touching it (smallest partner on ties)."""
     for p in range(left.shape[0]):
@@ -444,7 +463,8 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 def exact_similarity(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """The exact similarity used by `find_similar_pairs` for rows left[p] and right[p]: float32(float64 dot)."""
     v = np.ascontiguousarray(vectors, dtype=np.float32)
-    return _exact_dots(v, np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64))
+    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    return (_exact_dots_serial if left.shape[0] < _SERIAL_DOTS else _exact_dots)(v, left, right)
 
 
 def _row_norms(v: np.ndarray, chunk: int = 8192) -> np.ndarray:

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataflow.algorithms.cosine_search import CosineSearchResult, exact_similarity, find_similar_pairs
+from dataflow.algorithms.cosine_search import (
+    CosineSearchResult,
+    exact_similarity,
+    find_similar_pairs,
+    fp32_error_bound,
+)
 
 __all__ = ["PartitionStats", "estimate_recall", "find_similar_pairs_partitioned", "spherical_kmeans"]
 
@@ -60,10 +65,10 @@ def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int 
         )
         counts = np.bincount(labels, minlength=k)
         order = np.argsort(labels, kind="stable")
-        sums = np.zeros((k, sample.shape[1]), dtype=np.float64)
+        sums = np.zeros((k, sample.shape[1]), dtype=np.float32)  # a direction: float32 sums are plenty
         present = np.flatnonzero(counts)
         starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
-        sums[present] = np.add.reduceat(np.asarray(sample[order], dtype=np.float64), starts, axis=0)
+        sums[present] = np.add.reduceat(sample[order], starts, axis=0)
         empty = np.flatnonzero(counts == 0)
         sums[empty] = sample[rng.choice(n, size=empty.size, replace=False)]
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
@@ -72,22 +77,47 @@ def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int 
 
 
 def _assign(vectors: np.ndarray, centroids: np.ndarray, border: float, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cells) of every membership: each row's best cell, and those within ``border`` of it."""
+    """(rows, cells) of every membership: each row's best cell, and those within ``border`` of it (at most
+    ``max_cells``, the closest)."""
     rows_out, cells_out = [], []
-    width = min(max_cells, centroids.shape[0])
     for start in range(0, vectors.shape[0], ASSIGN_CHUNK):
         scores = _matmul(vectors[start : start + ASSIGN_CHUNK], centroids)
-        if width < scores.shape[1]:
-            top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
-        else:
-            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        best = top_scores.max(axis=1, keepdims=True)
-        member = top_scores >= best - border
+        best = scores.max(axis=1)
+        member = scores >= (best - border)[:, None]
+        crowded = np.flatnonzero(member.sum(axis=1) > max_cells)
+        if crowded.size:  # rarely many: sort only those rows' scores
+            top = np.argpartition(-scores[crowded], max_cells - 1, axis=1)[:, :max_cells]
+            member[crowded] = False
+            member[crowded[:, None], top] = True
         r, c = np.nonzero(member)
         rows_out.append((r + start).astype(np.int64))
-        cells_out.append(top[r, c].astype(np.int64))
+        cells_out.append(c.astype(np.int64))
     return np.concatenate(rows_out), np.concatenate(cells_out)
+
+
+def _cell_search(vectors: np.ndarray, members: np.ndarray, threshold: float, margin: float):
+    """Inside one partition: its pairs at ``threshold`` or above (global rows, i < j, exact scores), and
+    each member's best partner there with its exact score.
+
+    A float32 matmul scores every pair; its error is below ``margin``, so only the pairs within ``margin``
+    of the threshold or above are candidates, and the exact float64 score decides.
+    """
+    block = np.asarray(vectors[members], dtype=np.float32)
+    scores = block @ block.T
+    np.fill_diagonal(scores, -np.inf)
+    partner_local = scores.argmax(axis=1)
+    partner = members[partner_local]
+    partner_sim = exact_similarity(vectors, members, partner)
+    floor = np.float32(threshold) - margin
+    hot = np.flatnonzero(scores[np.arange(members.size), partner_local] >= floor)  # rows with any candidate
+    i, j = np.nonzero(scores[hot] >= floor)
+    i = hot[i]
+    keep = i < j
+    a, b = members[i[keep]], members[j[keep]]
+    sims = exact_similarity(vectors, a, b) if a.size else np.empty(0, dtype=np.float32)
+    good = sims >= np.float32(threshold)
+    a, b, sims = a[good], b[good], sims[good]
+    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), sims, partner, partner_sim
 
 
 def find_similar_pairs_partitioned(
@@ -95,27 +125,29 @@ def find_similar_pairs_partitioned(
     threshold: float,
     *,
     n_partitions: int | None = None,
-    border: float = 0.04,
+    border: float = 0.03,
     max_cells: int = 3,
-    sample_size: int = 100_000,
+    sample_size: int | None = None,
     seed: int = 0,
     block_size: int = 8192,
 ) -> tuple[CosineSearchResult, PartitionStats]:
     """Pairs of unit rows with cosine similarity >= ``threshold``, found inside partitions.
 
-    ``n_partitions`` (default about the square root of N, so partitions hold about as many rows as there
+    ``n_partitions`` (default twice the square root of N: partitions of about half as many rows as there
     are partitions), ``border`` and ``max_cells`` trade time for recall; see the module docstring.
     ``max_similarity`` / ``nearest`` are each row's best partner among the rows it shared a partition with
-    (NaN / -1 when it shared none), a lower bound of the exact search's.
+    (NaN / -1 when it shared none), a lower bound of the exact search's (the partner is the float32 best,
+    its score exact). ``sample_size``: rows k-means learns from (default 20 per partition).
     """
     n = vectors.shape[0]
     if n_partitions is None:
-        n_partitions = max(1, round(math.sqrt(n)))
+        n_partitions = max(1, round(2 * math.sqrt(n)))
     if n_partitions < 1 or max_cells < 1 or border < 0:
         raise ValueError("n_partitions and max_cells must be >= 1 and border >= 0")
     if n < 2:
         return find_similar_pairs(np.asarray(vectors, dtype=np.float32), threshold), PartitionStats(1, float(n), n, 0)
     rng = np.random.default_rng(seed)
+    sample_size = sample_size or 20 * n_partitions  # k-means needs a few dozen rows a centroid, not all
     sample_rows = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
     centroids = spherical_kmeans(np.asarray(vectors[sample_rows], dtype=np.float32), n_partitions, seed=seed)
     rows, cells = _assign(vectors, centroids, border, max_cells)
@@ -124,21 +156,20 @@ def find_similar_pairs_partitioned(
     bounds = np.flatnonzero(np.diff(cells)) + 1
     best = np.full(n, -np.inf, dtype=np.float32)
     nearest = np.full(n, -1, dtype=np.int64)
+    margin = fp32_error_bound(vectors.shape[1]) + 2.0**-20
     found_pairs, found_sims, compared, largest = [], [], 0, 0
     for members in np.split(rows, bounds):
         largest = max(largest, members.size)
         if members.size < 2:
             continue
         compared += members.size * (members.size - 1) // 2
-        local = find_similar_pairs(np.asarray(vectors[members], dtype=np.float32), threshold, block_size)
-        has = local.nearest >= 0
-        better = has & (local.max_similarity > best[members])
-        best[members[better]] = local.max_similarity[better]
-        nearest[members[better]] = members[local.nearest[better]]
-        if len(local.pairs):
-            a, b = members[local.pairs[:, 0]], members[local.pairs[:, 1]]
-            found_pairs.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-            found_sims.append(local.similarities)
+        pairs, sims, partner, partner_sim = _cell_search(vectors, members, threshold, margin)
+        better = partner_sim > best[members]
+        best[members[better]] = partner_sim[better]
+        nearest[members[better]] = partner[better]
+        if pairs.size:
+            found_pairs.append(pairs)
+            found_sims.append(sims)
     if found_pairs:
         pairs, sims = np.concatenate(found_pairs), np.concatenate(found_sims)
         unique, first = np.unique(pairs[:, 0] * n + pairs[:, 1], return_index=True)

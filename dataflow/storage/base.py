@@ -29,6 +29,11 @@ class DataFlowStorage(ABC):
     def write(self, data: Any) -> Any:
         """Store ``data`` (a DataFrame or a list of row dicts)."""
 
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about the running call (a file storage puts it in the step's manifest); a storage
+        without manifests keeps nothing."""
+        return None
+
     def journal(self, name: str = "rows"):
         """Where a slow step keeps the rows it has finished (``dataflow.storage.journal``); a storage
         without files keeps none."""

@@ -68,6 +68,7 @@ class CallInfo:
     started: float = field(default_factory=time.perf_counter)
     keeps_rows: bool = True  # False for operators allowed to change the row count freely (generate)
     thresholds: list = field(default_factory=list)  # resolved ``Threshold`` declarations, for the report
+    notes: dict = field(default_factory=dict)  # what the operator said about its run (``storage.note``)
 
 
 @dataclass
@@ -91,7 +92,8 @@ class FileStorage(DataFlowStorage):
     Step 0 is ``first_entry_file_name`` (a jsonl/json/csv/parquet/xlsx file, a folder of images, or ``""``
     for no input: an empty frame, as DataFlow's generator pipelines start); step N is
     ``<cache_path>/<file_name_prefix>_step<N>.<cache_type>``. ``step()`` moves to the next step; ``read()``
-    reads the current one and ``write()`` writes the next, atomically, with a manifest.
+    reads the current one and ``write()`` writes the next, atomically, with a manifest. A folder input
+    lists its subfolders' images too unless ``recursive=False``.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class FileStorage(DataFlowStorage):
         *,
         image_key: str = "image",
         skip_malformed_rows: bool = False,
+        recursive: bool = True,
     ):
         self.first_entry_file_name = os.fspath(first_entry_file_name)
         self.cache_path = os.fspath(cache_path)
@@ -110,6 +113,7 @@ class FileStorage(DataFlowStorage):
         self.cache_type = check_cache_type(cache_type)
         self.image_key = image_key
         self.skip_malformed_rows = skip_malformed_rows
+        self.recursive = recursive
         self.operator_step = -1
         self._call: CallInfo | None = None
         self._rows_in: int | None = None
@@ -164,6 +168,12 @@ class FileStorage(DataFlowStorage):
     def rejected_path(self, step: int) -> Path:
         return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.rejected.jsonl"
 
+    def note(self, key: str, value) -> None:
+        """Record a fact about this call in the step's manifest, under ``notes`` (JSON values)."""
+        if self._call is None:
+            self._call = CallInfo(operator="manual")
+        self._call.notes[str(key)] = value
+
     def journal(self, name: str = "rows") -> RowJournal:
         """The row journal of the step being written (``<prefix>_step<N>.<name>.journal.jsonl``), for this
         call: an interrupted run of the same operator, parameters and input left the rows it finished there."""
@@ -181,7 +191,7 @@ class FileStorage(DataFlowStorage):
             entry = self.first_entry_file_name
             if entry == "":
                 return fingerprint("empty first entry")
-            fp = path_fingerprint(entry, self.image_key)
+            fp = path_fingerprint(entry, self.image_key, recursive=self.recursive)
             found = self.image_resolution(self.image_key)
             if found.is_fallback:  # the images the input names are under the working directory: those count
                 return fingerprint(fp, found.folder, fallback_files(entry, self.input_kind, self.image_key, found))
@@ -233,7 +243,11 @@ class FileStorage(DataFlowStorage):
                 return pd.DataFrame()
             kind = self.input_kind
             df, self._malformed = read_input(
-                self.first_entry_file_name, kind, self.image_key, skip_malformed=self.skip_malformed_rows
+                self.first_entry_file_name,
+                kind,
+                self.image_key,
+                skip_malformed=self.skip_malformed_rows,
+                recursive=self.recursive,
             )
             self._note_image_columns(df, kind)
             return df

@@ -111,13 +111,14 @@ def _cell_value(cell) -> Any:
         return None
 
 
-def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> str:
+def path_fingerprint(path: str | os.PathLike, image_key: str | None = None, *, recursive: bool = True) -> str:
     """Fingerprint of an input file or image folder, and of the image files a table input names.
 
     Stat-based (size, modification and change times, inode) so that a 10 GB input is not read to decide
     whether to resume: an edit that keeps the size and restores the mtime still changes the change time,
     and an image replaced by another file changes its inode. A table's rows are read for the image paths
     in ``image_key`` (once per state of the file in a process); each named file is stat'ed every time.
+    ``recursive=False``: an image folder read without its subfolders (they do not count).
     """
     from dataflow.storage import webdataset as wds
     from dataflow.storage.hf_input import hf_fingerprint_parts, is_hf
@@ -138,9 +139,11 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None) -> s
         from dataflow.storage.inputs import iter_image_files
 
         root = str(path)
-        return fingerprint(
-            "dir", str(path.resolve()), [(rel, stat_key(os.path.join(root, rel))) for rel in iter_image_files(path)]
-        )
+        files = iter_image_files(path, recursive=recursive)
+        listed = [(rel, stat_key(os.path.join(root, rel))) for rel in files]
+        # The recursive listing's fingerprint is the one caches already hold; the other one differs from it.
+        extra = () if recursive else ("top level only",)
+        return fingerprint("dir", str(path.resolve()), listed, *extra)
     key = (str(path.resolve()), stat_key(path), image_key)
     if key not in _NAMED_IMAGES:
         _NAMED_IMAGES.clear()  # one input per run: a small cache, not one that grows
@@ -382,4 +385,5 @@ def step_manifest(
         "image_base": image_base,
         "dataflow_version": dataflow.__version__,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"notes": dict(call.notes)} if getattr(call, "notes", None) else {}),
     }
