@@ -102,8 +102,18 @@ def main() -> None:
     with open(OUT / "images.jsonl", "w", encoding="utf-8") as fh:
         for i, row in enumerate(rows):
             fh.write(json.dumps({"id": i, **row}, ensure_ascii=False) + "\n")
+    write_vqa()
     total = sum(p.stat().st_size for p in IMAGES.iterdir())
     print(f"wrote {len(rows)} rows, {total / 1e6:.2f} MB of images to {OUT}")
+
+
+def write_vqa() -> None:
+    """``vqa.jsonl``: a question and its answer about each scene, for the question-answering filters
+    (DataFlow-MM's VisionDependentFilter, FailRateFilter, ImageConsistencyFilter)."""
+    with open(OUT / "vqa.jsonl", "w", encoding="utf-8") as fh:
+        for i, what in enumerate(SCENES):
+            row = {"image": f"images/scene_{i:02d}.jpg", "question": "What does this picture show?", "answer": what}
+            fh.write(json.dumps({"id": i, **row}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

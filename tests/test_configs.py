@@ -11,12 +11,14 @@ CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 NEEDS_CLIP_MODEL = {"image_text_alignment.yaml", "dataflow_mm_models.yaml"}
 # They need a server: their own tests (test_image_downloader.py, test_data_in_out.py, test_vlm_serving.py)
 # run them against a local one.
-NEEDS_SERVER = {"download_profiling.yaml", "vlm_captions.yaml"}
+NEEDS_SERVER = {"download_profiling.yaml", "vlm_captions.yaml", "dataflow_mm_vlm_filters.yaml"}
+CHECK_WITHOUT_SERVER = {"vlm_captions.yaml", "dataflow_mm_vlm_filters.yaml"}  # --check asks no server
 
 
 def localised(tmp_path, name):
     text = (REPO / "configs" / name).read_text()
-    text = text.replace("../example_data/images.jsonl", str(REPO / "example_data" / "images.jsonl"))
+    for table in ("images.jsonl", "vqa.jsonl"):
+        text = text.replace(f"../example_data/{table}", str(REPO / "example_data" / table))
     text = text.replace("cache_path: ../", f"cache_path: {tmp_path}/")
     if "hf:../my_hf_dataset" in text:  # likewise: a dataset saved to disk from the example images
         datasets = pytest.importorskip("datasets")
@@ -42,6 +44,12 @@ def test_config_checks(tmp_path, name, monkeypatch):
     monkeypatch.chdir(REPO)
     user_operators = ["--load-operators"] if name == "custom_operator.yaml" else []  # it names one
     assert main(["run", localised(tmp_path, name), "--check", *user_operators]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(CHECK_WITHOUT_SERVER))
+def test_server_configs_check_without_a_server(tmp_path, name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["run", localised(tmp_path, name), "--check"]) == 0
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS_CLIP_MODEL))

@@ -474,6 +474,7 @@ def localised_config(tmp_path: Path, api_url: str) -> Path:
     (tmp_path / "example_data").symlink_to(REPO / "example_data", target_is_directory=True)
     path = tmp_path / "configs" / "vlm_captions.yaml"
     text = text.replace("http://127.0.0.1:8000/v1", api_url).replace("timeout: 300", "timeout: 10")
+    text = text.replace("model_name: Qwen/Qwen2.5-VL-7B-Instruct", f"model_name: {MODEL}")
     path.write_text(text.replace("model_name: Qwen/Qwen2.5-VL-7B-Instruct", f"model_name: {MODEL}"))
     return path
 
@@ -493,10 +494,18 @@ def test_dataflow_run_of_the_shipped_config(server, tmp_path, monkeypatch, capsy
     assert by_image.loc["images/missing.jpg", "vlm_caption_error"] == "missing"
     good = out[out["vlm_caption_error"].isna()]
     assert len(good) == len(rows) - 2 and good["vlm_caption"].str.startswith("Describe this image").all()
-    assert all(max(int(v) for v in s["sizes"][0].split("x")) <= 1024 for s in server.site.requests)
-    assert server.total == len(rows) - 2
-    assert main(["run", str(config)]) == 0  # resumes: the cached step is not captioned again
-    assert server.total == len(rows) - 2
+    captioned = [r for r in server.site.requests if r["sizes"]]
+    assert all(max(int(v) for v in r["sizes"][0].split("x")) <= 1024 for r in captioned)
+    assert len(captioned) == len(rows) - 2
+    # Step 2 rewrites each human caption (text only) beside the original.
+    rewritten = pd.read_json(cache / "vlm_captions_step2.jsonl", lines=True)
+    assert (
+        rewritten["rich_caption"]
+        == "Rewrite this image caption as one vivid, specific sentence: " + rewritten["caption"] + " |"
+    ).all()
+    assert server.total == 2 * len(rows) - 2
+    assert main(["run", str(config)]) == 0  # resumes: the cached steps are not asked again
+    assert server.total == 2 * len(rows) - 2
 
 
 # ------------------------------------------------------------------------------------------ transformers

@@ -113,6 +113,15 @@ def build_pipeline(
     return ConfigPipeline(storage, steps)
 
 
+def missing_on_disk(operator, run_keys: dict) -> list[str]:
+    """Why ``operator`` cannot run now from local disk alone (one line per model), [] when it can: what
+    decides whether an optional stage runs, in a config or a pipeline script."""
+    from dataflow.models.hub import local_only
+
+    with local_only():
+        return operator.missing_models(run_keys)
+
+
 def _left_out(i: int, step: dict, operator, run_keys: dict, problems: list[str]) -> bool:
     """An ``optional: true`` step runs only when its models are on local disk now; else it is left out of the
     pipeline (before compile, so resume and step numbers follow the steps that run), with a line saying why."""
@@ -122,10 +131,7 @@ def _left_out(i: int, step: dict, operator, run_keys: dict, problems: list[str])
         return False
     if not optional:
         return False
-    from dataflow.models.hub import local_only
-
-    with local_only():
-        missing = operator.missing_models(run_keys)
+    missing = missing_on_disk(operator, run_keys)
     for problem in missing:
         first_line = str(problem).strip().splitlines()[0]
         logger.warning("step %d %s left out (optional; not on local disk): %s", i, type(operator).__name__, first_line)
