@@ -97,11 +97,35 @@ def _parser() -> argparse.ArgumentParser:
 
     dd = sub.add_parser("dedup", help="near-duplicate removal of a folder in one line (like imagededup)")
     dd.add_argument("input", help="a folder of images, or a jsonl/json/csv/parquet file with an image column")
-    dd.add_argument("--method", default="phash", choices=["ahash", "dhash", "phash", "whash"])
-    dd.add_argument("--max-distance", type=int, default=10, help="Hamming distance, 0..64 (default 10)")
-    dd.add_argument("--keep", default="first", help="first | largest | a column name (highest wins)")
+    dd.add_argument(
+        "--method",
+        default="phash",
+        choices=_CommandMethods("dedup"),
+        metavar="METHOD",
+        help="one of %(choices)s (default phash): each is declared by an operator (cli_methods), user "
+        "operators in ./operators included",
+    )
+    dd.add_argument("--max-distance", type=int, default=None, help="hash methods: Hamming distance, 0..64 (default 10)")
+    dd.add_argument(
+        "--keep",
+        default=None,
+        help="which image of a group stays: best (most pixels, then the larger file; the default for the "
+        "hashes) | first | largest | a column, or a header fact / quality metric computed when not a column "
+        "(highest wins)",
+    )
     dd.add_argument(
         "--non-transitive", action="store_true", help="no chains: each kept image claims only its own direct neighbours"
+    )
+    dd.add_argument(
+        "--no-recursive",
+        action="store_true",
+        help="a folder input: only the images directly in it, not those in subfolders (imagededup's default)",
+    )
+    dd.add_argument(
+        "--json-out",
+        metavar="FILE",
+        help="also write imagededup's duplicates map (find_duplicates(..., scores=True, outfile=FILE)): "
+        "{image: [[duplicate, score], ...]} for every readable image",
     )
     dd.add_argument("--out", default="./cache_dedup", help="cache folder (default ./cache_dedup)")
     dd.add_argument("--num-workers", type=int, default=None)
@@ -351,24 +375,59 @@ def _head(value: str) -> int | None:
 
 
 # ---------------------------------------------------------------- dedup
+class _CommandMethods:
+    """The ``--method`` names operators declare for a command, read from the registry only when argparse
+    checks a value or writes the help (building the parser imports no operator). A name no imported
+    operator declares is looked for in the user operator folders: asking for it is asking for their code."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def _methods(self, user_operators: bool = False) -> dict:
+        from dataflow.core.registry import OPERATOR_REGISTRY, OperatorImportError
+
+        try:
+            return OPERATOR_REGISTRY.command_methods(self.command, user_operators=user_operators)
+        except (KeyError, OperatorImportError) as exc:  # argparse prints it as a usage error, not a traceback
+            raise argparse.ArgumentError(None, str(exc.args[0] if exc.args else exc)) from None
+
+    def __contains__(self, method: object) -> bool:
+        return method in self._methods() or method in self._methods(user_operators=True)
+
+    def __iter__(self):
+        return iter(sorted(self._methods()))
+
+
 def cmd_dedup(args) -> int:
-    """Near-duplicate removal of a folder by the operator that declares ``cli_command = "dedup"``."""
+    """Near-duplicate removal by the operator that declares ``cli_command = "dedup"`` and ``--method``."""
+    from dataflow.core.operator import run_keys
     from dataflow.core.registry import OPERATOR_REGISTRY
     from dataflow.storage import FileStorage
 
     if not Path(args.input).exists():
         raise _UserError(f"no such folder or file: {args.input}")
-    storage = FileStorage(args.input, cache_path=args.out, file_name_prefix="dedup", cache_type="jsonl")
+    if args.no_recursive and not Path(args.input).is_dir():
+        raise _UserError(f"--no-recursive is for a folder of images; {args.input} is a file")
     try:
-        op = OPERATOR_REGISTRY.for_command("dedup")(
-            method=args.method,
-            max_distance=args.max_distance,
-            keep=args.keep,
-            transitive=not args.non_transitive,
-            num_workers=args.num_workers,
-        )
-    except (KeyError, ValueError) as exc:
+        cls = OPERATOR_REGISTRY.for_command("dedup", args.method, user_operators=True)
+        op = cls.from_cli(args)
+    except (KeyError, ValueError, TypeError) as exc:
         raise _UserError(str(exc.args[0] if exc.args else exc)) from None
+    storage = FileStorage(
+        args.input, cache_path=args.out, file_name_prefix="dedup", cache_type="jsonl", recursive=not args.no_recursive
+    )
+    # What compile() checks for a pipeline: every column the call reads (keep=<column> included) is there.
+    try:
+        run = getattr(type(op).run, "__wrapped_run__", type(op).run)
+        _, keys = run_keys(run, op, (storage,), {"input_image_key": storage.image_key})
+    except TypeError as exc:  # a user operator whose run takes no input_image_key
+        raise _UserError(f"`dataflow dedup` calls run(storage, input_image_key=...): {exc}") from None
+    columns = set(storage.read_columns(0))
+    missing = [f"{what}={col!r}" for what, col in op.required_columns(keys).items() if col not in columns]
+    if missing:
+        raise _UserError(
+            f"{cls.__name__}: {'; '.join(missing)} not a column of {args.input} (columns: {', '.join(sorted(columns))})"
+        )
     from dataflow.storage.lock import CacheFolderError, CacheLock, CacheLockedError
 
     try:
@@ -376,14 +435,28 @@ def cmd_dedup(args) -> int:
             op.run(storage.step(), input_image_key=storage.image_key)
     except (CacheLockedError, CacheFolderError) as exc:
         raise _UserError(str(exc)) from None
+    _print_duplicates(op, storage)
+    if args.json_out:
+        _write_duplicates_map(op, args.json_out)
+    return 0
+
+
+def _print_duplicates(op, storage) -> None:
+    """Each kept image with the images removed as its duplicates (score, and the chain link if any)."""
     from dataflow.storage.provenance import row_name  # rows by path, never by their image bytes
 
     rejected = storage.read_rejected(1)
     dups = rejected[rejected["reason"] == op.reason] if len(rejected) else rejected
+    weight = op.weight_name if op.weight_name in dups.columns else None
     for kept, group in dups.groupby("duplicate_of", sort=False) if len(dups) else []:
         print(kept)
-        for label, image, weight in zip(group.index, group[storage.image_key], group[op.weight_name]):
-            print(f"  {row_name(image, label)}  ({op.weight_name} {weight:g})")
+        images = group[storage.image_key] if storage.image_key in group.columns else group.index
+        weights = group[weight] if weight else [None] * len(group)
+        links = group["linked_by"] if "linked_by" in group.columns else [None] * len(group)
+        for label, image, value, link in zip(group.index, images, weights, links):
+            said = [f"{weight} {value:g}"] if weight else []
+            said += [f"linked by {link}"] if isinstance(link, str) else []
+            print(f"  {row_name(image, label)}" + (f"  ({', '.join(said)})" if said else ""))
     unreadable = rejected[rejected["reason"] != op.reason] if len(rejected) else rejected
     for label, image, reason in zip(
         unreadable.index, unreadable.get(storage.image_key, []), unreadable.get("reason", [])
@@ -395,7 +468,24 @@ def cmd_dedup(args) -> int:
         f"{len(unreadable)} unreadable"
     )
     print(f"kept:     {storage.step_path(1).resolve()}\nrejected: {storage.rejected_path(1).resolve()}")
-    return 0
+
+
+def _write_duplicates_map(op, path: str) -> None:
+    """imagededup's ``save_json``: the map as JSON, indent 2, keys sorted (pairs become 2-item lists)."""
+    from dataflow.storage.atomic import atomic_path
+
+    if not callable(getattr(op, "duplicates_map", None)):
+        raise _UserError(f"{type(op).__name__} gives no duplicates map: --json-out is not available for it")
+    try:
+        mapping = op.duplicates_map()
+    except RuntimeError as exc:
+        raise _UserError(f"--json-out: {exc}") from None
+    try:
+        with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(mapping, f, indent=2, sort_keys=True)
+    except OSError as exc:
+        raise _UserError(f"cannot write --json-out {path}: {exc.strerror or exc}") from None
+    print(f"duplicates map: {Path(path).resolve()}")
 
 
 # ---------------------------------------------------------------- report

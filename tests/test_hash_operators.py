@@ -58,7 +58,8 @@ def test_near_dedup_on_example_data(tmp_path):
     assert rejected.loc["images/scene_01_q30.jpg", "duplicate_of"] == "images/scene_01.jpg"
     assert rejected.loc["images/scene_01_small.jpg", "reason"] == "near_duplicate"
     assert rejected.loc["images/scene_02_crop.jpg", "distance"] <= 10
-    assert rejected.loc["images/exif_rotated.jpg", "duplicate_of"] == "images/scene_11.jpg"  # EXIF applied
+    # EXIF applied: the rotated copy matches; keep="best" keeps it (same pixels, the larger file: its EXIF)
+    assert rejected.loc["images/scene_11.jpg", "duplicate_of"] == "images/exif_rotated.jpg"
     assert rejected.loc["images/truncated.jpg", "reason"] == "truncated"
     assert rejected.loc["images/missing.jpg", "reason"] == "missing"
     assert "images/scene_02_flip.jpg" in kept.index  # hashes do not see mirror images

@@ -72,7 +72,8 @@ def test_duplicate_of_names_an_hf_image_by_its_path_not_its_bytes(tmp_path, caps
 
     assert main(["dedup", str(src), "--out", str(tmp_path / "dd")]) == 0
     out = capsys.readouterr().out
-    assert "  shard.parquet#row=6&column=image&path=img_6.jpg  (distance 0)\n" in out
+    assert out.startswith("shard.parquet#row=5&column=image&path=img_5.jpg\n")  # keep="best": the widest stays
+    assert "  shard.parquet#row=6&column=image&path=img_6.jpg  (distance 4)\n" in out
     assert "\\xff\\xd8" not in out and "bytes" not in out
 
 

@@ -13,6 +13,11 @@ Carried groups: the hash dedup searches unique hash values, so pairs may be give
 
 Which row is kept follows a priority (lower rank keeps first, see :func:`keep_priority`); each group
 keeps its best-ranked row, so both modes keep the same row for a group of mutual pairs.
+
+A dropped row in a transitive group may have no pair with its kept row (a chain a ~ b ~ c keeps a and
+drops c through b): ``direct`` says so, and ``linked`` names the row it joined through. The distance
+to the kept row itself is not in the pairs; :meth:`dataflow.core.dedup.DedupFilter.measure` computes
+it from the keys.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class DuplicateGroups:
       non-transitive mode); False for kept rows.
     - ``group_id`` (int64[n]): the kept row of the row's group, for every row (singletons: itself).
     - ``group_size`` (int64[n]): number of rows in the row's group (1 for singletons).
+    - ``linked`` (int64[n]): for a dropped row without a direct pair with its kept row, the row it
+      joined the group through (its closest direct partner); -1 otherwise. None: not known.
     """
 
     keep: np.ndarray
@@ -49,6 +56,7 @@ class DuplicateGroups:
     direct: np.ndarray
     group_id: np.ndarray
     group_size: np.ndarray
+    linked: np.ndarray | None = None
 
     @property
     def n_groups(self) -> int:
@@ -233,14 +241,19 @@ def _adjacency(a, b, w, n_items):
     return start, adj_v, adj_w
 
 
-def _best_edge_per_item(n_items: int, a, b, w, closer: str) -> np.ndarray:
-    """Closest edge weight of each item (NaN when it has none)."""
+def _best_edge_per_item(n_items: int, a, b, w, closer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Closest edge weight of each item (NaN when it has none) and the item at its other end (-1)."""
     ends = np.concatenate((a, b))
+    others = np.concatenate((b, a))
     weights = np.concatenate((w, w))
-    best = np.full(n_items, np.inf if closer == "smaller" else -np.inf)
-    (np.minimum if closer == "smaller" else np.maximum).at(best, ends, weights)
-    best[np.isinf(best)] = np.nan
-    return best
+    # Sorted by item, then closest first (ties: the lower other item): the first edge of each item wins.
+    order = np.lexsort((others, weights if closer == "smaller" else -weights, ends))
+    first = order[np.r_[True, ends[order][1:] != ends[order][:-1]]] if order.shape[0] else order
+    best = np.full(n_items, np.nan)
+    partner = np.full(n_items, -1, dtype=np.int64)
+    best[ends[first]] = weights[first]
+    partner[ends[first]] = others[first]
+    return best, partner
 
 
 def _transitive(n, inv, n_items, a, b, w, item_row, item_pos, item_count, closer, identical_weight):
@@ -280,11 +293,16 @@ def _transitive(n, inv, n_items, a, b, w, item_row, item_pos, item_count, closer
     direct[other_rows[found]] = True
 
     indirect = other_rows[~found]
-    best = _best_edge_per_item(n_items, a, b, w, closer)[row_item[indirect]]
+    best, partner = _best_edge_per_item(n_items, a, b, w, closer)
     # A row whose item has copies also has a direct pair at identical_weight with them.
     has_copies = item_count[row_item[indirect]] > 1
     closest = np.fmin if closer == "smaller" else np.fmax
-    weight[indirect] = np.where(has_copies, closest(best, identical_weight), best)
+    weight[indirect] = np.where(
+        has_copies, closest(best[row_item[indirect]], identical_weight), best[row_item[indirect]]
+    )
+    # It joined through its item's closest neighbouring item (copies of itself explain nothing).
+    linked = np.full(n, -1, dtype=np.int64)
+    linked[indirect] = item_row[partner[row_item[indirect]]]
 
     comp_rows = np.bincount(label[row_item], minlength=n_comp)
     return DuplicateGroups(
@@ -294,6 +312,7 @@ def _transitive(n, inv, n_items, a, b, w, item_row, item_pos, item_count, closer
         direct=direct,
         group_id=group_id,
         group_size=comp_rows[label[row_item]].astype(np.int64),
+        linked=linked,
     )
 
 
@@ -338,4 +357,5 @@ def _greedy(n, inv, n_items, a, b, w, item_row, item_pos, identical_weight):
         direct=~keep,
         group_id=group_id,
         group_size=group_size,
+        linked=np.full(n, -1, dtype=np.int64),
     )

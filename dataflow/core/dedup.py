@@ -8,14 +8,20 @@
    (unit vectors at ``threshold`` or above, with each row's true best similarity). :func:`find_pairs` is
    the one-machine search; a distributed engine runs its own search of the same kind.
 3. **groups and rows**: :meth:`DedupFilter.group` turns pairs into groups and survivors;
+   :meth:`DedupFilter.provenance` measures each dropped row against the row it is reported a duplicate
+   of (a chain a ~ b ~ c links c to a through b: c's distance is to a, and ``linked_by`` names b);
    :meth:`DedupFilter.split` writes the kept rows (group columns, score) and the rejected ones (reason,
-   ``duplicate_of``, distance or similarity, group) from per-row :class:`Decisions`.
+   ``duplicate_of``, distance or similarity, ``linked_by``, group) from per-row :class:`Decisions`.
 
-A subclass writes phase 1 and declares ``search`` and its parameters; the base runs the rest.
+A subclass writes phase 1 and declares ``search`` and its parameters; the base runs the rest. An operator
+that backs ``dataflow dedup`` declares ``cli_command = "dedup"``, the ``--method`` names it answers to
+(``cli_methods``) and :meth:`DedupFilter.from_cli`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,17 +32,88 @@ from dataflow.algorithms.grouping import DuplicateGroups, group_duplicates, keep
 from dataflow.core.images import concat_rejected, rejected_unreadable
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
-from dataflow.media import image_info
+from dataflow.media import DEFAULT_MAX_PIXELS, image_info
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, row_name
 
 SEARCHES = ("exact", "hamming", "cosine")
-KEEP_HELP = "keep='first' (row order), 'largest' (most pixels) or a column name (highest value wins)"
+KEEP_POLICIES = ("best", "first", "largest")
+# keep= columns read from the image header when the rows lack them (no decode).
+HEADER_KEEP_COLUMNS = ("pixels", "width", "height", "file_bytes")
+SHARPNESS = "sharpness"  # "best" breaks ties by it where the rows have it
+KEEP_HELP = (
+    "keep='best' (most pixels, then the larger file, then the higher sharpness column where there is one), "
+    "'first' (row order), 'largest' (most pixels) or a column name (highest value wins; when the rows lack "
+    f"it, {', '.join(HEADER_KEEP_COLUMNS)} are read from the image header and a column that a model-free "
+    "per-image evaluator writes is computed by that evaluator)"
+)
 
 
 def check_keep(keep: str) -> str:
     if not isinstance(keep, str) or not keep:
         raise ValueError(f"keep must be a string: {KEEP_HELP}")
     return keep
+
+
+def best_copy_values(pixels, file_bytes, sharpness=None) -> np.ndarray:
+    """One float per row that ranks rows as ``(pixels, file_bytes, sharpness)`` do, highest first.
+
+    One number, so that every engine carries and compares it as any other keep value. The pixel count
+    is the integer part; the fraction (< 1) holds the file size as ``log2(1 + bytes)`` in steps of
+    1/1024 (sizes within 0.07 % of each other count as equal) and, below that, the sharpness as
+    ``log1p(sharpness) / 32``. Float64 keeps both exact up to 2^27 pixels (134 megapixels); past that
+    the sharpness loses resolution first. A missing pixel count ranks last (NaN); a missing file size or
+    sharpness ranks as the lowest.
+    """
+    px = np.asarray(pixels, dtype=np.float64)
+    size = np.nan_to_num(np.asarray(file_bytes, dtype=np.float64), nan=0.0)
+    size_step = np.floor(np.log2(1.0 + np.maximum(size, 0.0)) * 1024.0)  # < 2^16 for any file under 2^64 bytes
+    sharp = np.zeros_like(px) if sharpness is None else np.asarray(sharpness, dtype=np.float64)
+    sharp = np.clip(np.log1p(np.maximum(np.nan_to_num(sharp, nan=0.0), 0.0)) / 32.0, 0.0, 1.0 - 2.0**-20)
+    return px + (size_step + sharp) / 65536.0
+
+
+def header_facts(source, base_dir: str, max_pixels: int | None) -> tuple[int, int, int, int]:
+    """``(pixels, width, height, file_bytes)`` of one image from its header (module level: worker processes
+    run it); raises ``ImageLoadError`` for an unreadable image."""
+    info = image_info(source, base_dir, max_pixels=max_pixels)
+    return info["width"] * info["height"], info["width"], info["height"], info["file_bytes"]
+
+
+def keep_scorer(column: str):
+    """A per-image evaluator that writes ``column`` and loads no model, built with its defaults (the first
+    by name among the operators imported so far), or None. It computes ``keep=column`` for rows without
+    that column, with the values a step of it would have written."""
+    from dataflow.core.evaluator import ImageEvaluator
+    from dataflow.core.registry import OPERATOR_REGISTRY
+
+    for cls in OPERATOR_REGISTRY.loaded().values():
+        if not issubclass(cls, ImageEvaluator) or cls.loads_model or cls.score is ImageEvaluator.score:
+            continue
+        try:
+            scorer = cls()
+        except Exception:  # needs arguments, or cannot be built here: not a default scorer
+            continue
+        if column in scorer.score_columns():
+            return scorer
+    return None
+
+
+def column_producers(column: str) -> list[str]:
+    """Operators imported so far (built-ins; user operators only if loaded) that write ``column``: declared
+    in ``columns`` or as the default of an ``output_*`` run key."""
+    import inspect
+
+    from dataflow.core.registry import OPERATOR_REGISTRY
+
+    found = []
+    for name, cls in OPERATOR_REGISTRY.loaded().items():
+        declared = set(getattr(cls, "columns", ()) or ())
+        run = getattr(cls.run, "__wrapped_run__", cls.run)
+        params = inspect.signature(run).parameters.values()
+        declared |= {p.default for p in params if p.name.startswith("output_") and isinstance(p.default, str)}
+        if column in declared:
+            found.append(name)
+    return found
 
 
 @dataclass
@@ -52,6 +129,33 @@ class Pairs:
     inverse: np.ndarray | None = None
     best: np.ndarray | None = None
 
+    def touched(self, n: int) -> np.ndarray:
+        """bool[n]: the rows in some pair (or sharing an item with another row); only they can be dropped."""
+        ends = _pair_array(self.pairs)[:, :2].ravel()
+        if self.inverse is None:
+            mask = np.zeros(n, dtype=bool)
+            mask[ends] = True
+            return mask
+        inverse = np.asarray(self.inverse, dtype=np.int64)
+        counts = np.bincount(inverse, minlength=int(inverse.max()) + 1 if n else 0)
+        items = counts > 1
+        items[ends] = True
+        return items[inverse]
+
+    def row_pairs(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of rows ``(i, j, weight)``, i < j, with rows of one item expanded (weight 0)."""
+        if self.inverse is None:
+            pairs = _pair_array(self.pairs)
+            weights = self.weights if self.weights is not None else np.zeros(len(pairs))
+            return pairs[:, 0], pairs[:, 1], np.asarray(weights, dtype=np.float64)
+        from dataflow.algorithms.hamming_search import expand_unique_pairs
+
+        items = _pair_array(self.pairs)
+        if items.shape[1] == 2:  # pairs of items without a weight of their own
+            items = np.column_stack([items, np.zeros(len(items), dtype=np.int64)])
+        rows = expand_unique_pairs(items[:, :3], self.inverse)
+        return rows[:, 0], rows[:, 1], rows[:, 2].astype(np.float64)
+
 
 @dataclass
 class Decisions:
@@ -64,6 +168,7 @@ class Decisions:
     duplicate_of: np.ndarray  # object: the kept row's image (or label) for dropped rows
     best: np.ndarray | None = None  # float: true best similarity (cosine searches)
     keys: Any = None  # phase 1 keys of these rows (exact search: content hashes)
+    linked_by: np.ndarray | None = None  # object: the row a dropped row joined its group through (chains)
 
     @classmethod
     def from_groups(
@@ -81,9 +186,30 @@ class Decisions:
         wanted = keeper[dropped]
         # Only the rows that duplicates point at are named (a handful of a million), by path, never bytes.
         dup_of[dropped] = [row_name(v, label) for v, label in zip(images[wanted], labels[wanted])]
+        linked_by = np.full(len(labels), None, dtype=object)
+        if groups.linked is not None:
+            via = np.flatnonzero(groups.linked >= 0)
+            linked_by[via] = [row_name(images[r], labels[r]) for r in groups.linked[via]]
         return cls(
-            groups.keep, labels[keeper] if len(labels) else labels, groups.group_size, groups.weight, dup_of, best, keys
+            groups.keep,
+            labels[keeper] if len(labels) else labels,
+            groups.group_size,
+            groups.weight,
+            dup_of,
+            best,
+            keys,
+            linked_by,
         )
+
+
+@dataclass
+class Candidates:
+    """A local run's readable rows and their candidate pairs, for :meth:`DedupFilter.duplicates_map`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    pairs: Pairs
+    closer: str  # "smaller" (distances) or "larger" (similarities)
 
 
 def find_pairs(search: str, keys: Any, *, max_distance: int = 0, threshold: float = 1.0) -> Pairs:
@@ -113,11 +239,6 @@ def unit_vectors(values: list) -> np.ndarray:
     return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def _pixels(source, base_dir: str) -> int:
-    info = image_info(source, base_dir)
-    return info["width"] * info["height"]
-
-
 class DedupFilter(OperatorABC):
     """Base of duplicate filters. Subclasses set ``search`` and write :meth:`row_keys`.
 
@@ -125,7 +246,8 @@ class DedupFilter(OperatorABC):
     cosine searches). Class attributes: ``reason`` of dropped rows, ``weight_name`` (the rejected column
     holding the distance or similarity; None for none), ``score_key`` (the run key naming the column that
     gets each kept row's best similarity; cosine searches), ``group_key`` (the run key naming the group
-    id column; None for no group columns).
+    id column; None for no group columns), ``cli_methods`` (the ``dataflow dedup --method`` names it
+    answers to, with ``cli_command = "dedup"`` and :meth:`from_cli`).
     """
 
     execution = "dedup"
@@ -135,8 +257,25 @@ class DedupFilter(OperatorABC):
     weight_name: ClassVar[str | None] = None
     score_key: ClassVar[str | None] = None
     group_key: ClassVar[str | None] = "output_group_key"
+    cli_methods: ClassVar[tuple[str, ...]] = ()
     keep: str = "first"
     transitive: bool = True
+    candidates: Candidates | None = None  # the last local run's, for duplicates_map()
+
+    @classmethod
+    def from_cli(cls, args) -> DedupFilter:
+        """The operator ``dataflow dedup --method M`` runs, M one of ``cli_methods``.
+
+        ``args`` is the parsed command line: ``method`` (str), ``max_distance`` (int, None when not
+        given), ``keep`` (str, None when not given: the operator's default), ``non_transitive`` (bool),
+        ``num_workers`` (int or None). The command then calls ``run(storage.step(), input_image_key=...)``.
+        """
+        raise NotImplementedError(f"{cls.__name__} declares cli_methods but no from_cli classmethod")
+
+    @property
+    def chains(self) -> bool:
+        """Whether a dropped row can join its group through another dropped row (then ``linked_by``)."""
+        return self.search != "exact" and bool(self.transitive)
 
     # ------------------------------------------------------------------ phase 1
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
@@ -157,23 +296,74 @@ class DedupFilter(OperatorABC):
         return key if key in columns else None
 
     def keep_values(self, good: pd.DataFrame, base_dir: str, keys: dict, num_workers: int | None = 1) -> np.ndarray:
-        """Per readable row, what ``keep`` ranks by (highest first; unused for ``"first"``)."""
+        """Per readable row, what ``keep`` ranks by (highest first; unused for ``"first"``).
+
+        ``"best"`` and ``"largest"`` take ``width`` / ``height`` / ``file_bytes`` columns where the rows have
+        them and read the image headers where not. A ``keep`` column the rows lack is read from the headers
+        (:data:`HEADER_KEEP_COLUMNS`) or computed by the evaluator that writes it (:func:`keep_scorer`).
+        Rows without a readable image get NaN (ranked last).
+        """
         if self.keep == "first":
             return np.zeros(len(good))
+        if self.keep == "best":
+            pixels, size = self._header(good, base_dir, keys, num_workers, ("pixels", "file_bytes"))
+            sharp = _numeric(good[SHARPNESS]) if SHARPNESS in good.columns else None
+            return best_copy_values(pixels, size, sharp)
         if self.keep == "largest":
-            if {"width", "height"} <= set(good.columns):
-                sizes = pd.to_numeric(good["width"], errors="coerce") * pd.to_numeric(good["height"], errors="coerce")
-                return np.asarray(sizes, dtype=float)
-            image_key = keys.get("input_image_key") or "image"
-            results = map_items(
-                _pixels, good[image_key].tolist(), num_workers=num_workers, desc="sizes", base_dir=base_dir
-            )
-            return np.array([r.value if r.error is None else np.nan for r in results], dtype=float)
-        if self.keep not in good.columns:
+            return self._header(good, base_dir, keys, num_workers, ("pixels",))[0]
+        if self.keep in good.columns:
+            return _numeric(good[self.keep])
+        if self.keep in HEADER_KEEP_COLUMNS:
+            return self._header(good, base_dir, keys, num_workers, (self.keep,))[0]
+        scorer = keep_scorer(self.keep)
+        if scorer is None:
             raise KeyError(
                 f"keep={self.keep!r} is not a column (columns: {', '.join(map(str, good.columns))}); {KEEP_HELP}"
             )
-        return pd.to_numeric(good[self.keep], errors="coerce").to_numpy(float)
+        values = np.full(len(good), np.nan)
+        sources = self._sources(good, keys)
+        if sources is not None and len(good):
+            results = map_items(
+                scorer.score, sources, num_workers=num_workers, desc=f"keep={self.keep}", base_dir=base_dir
+            )
+            values[:] = [_number(r.value.get(self.keep)) if r.error is None else np.nan for r in results]
+        return values
+
+    def _sources(self, good: pd.DataFrame, keys: dict) -> list | None:
+        """The images of ``good`` (the image column), or None when it has none."""
+        image_key = self.image_key(keys, good.columns) or ("image" if "image" in good.columns else None)
+        return good[image_key].tolist() if image_key else None
+
+    def _header(self, good: pd.DataFrame, base_dir: str, keys: dict, num_workers, names: tuple) -> list[np.ndarray]:
+        """Per name in :data:`HEADER_KEEP_COLUMNS`: the rows' column where present, else the image header's."""
+        out = [self._column_fact(good, name) for name in names]
+        todo = np.flatnonzero(np.any([np.isnan(v) for v in out], axis=0)) if len(good) else np.zeros(0, int)
+        sources = self._sources(good, keys)
+        if sources is None or not len(todo):
+            return out
+        results = map_items(
+            header_facts,
+            [sources[i] for i in todo],
+            num_workers=num_workers,
+            desc=f"keep={self.keep}",
+            base_dir=base_dir,
+            max_pixels=getattr(self, "max_pixels", DEFAULT_MAX_PIXELS),
+        )
+        for at, result in zip(todo, results):
+            if result.error is None:
+                facts = dict(zip(HEADER_KEEP_COLUMNS, result.value))
+                for values, name in zip(out, names):
+                    if np.isnan(values[at]):
+                        values[at] = facts[name]
+        return out
+
+    @staticmethod
+    def _column_fact(good: pd.DataFrame, name: str) -> np.ndarray:
+        if name == "pixels" and "pixels" not in good.columns and {"width", "height"} <= set(good.columns):
+            return _numeric(good["width"]) * _numeric(good["height"])
+        if name in good.columns:
+            return _numeric(good[name])
+        return np.full(len(good), np.nan)
 
     # ------------------------------------------------------------------ phase 2 (one machine)
     def find_pairs(self, keys: Any) -> Pairs:
@@ -198,6 +388,35 @@ class DedupFilter(OperatorABC):
             inverse=found.inverse,
         )
 
+    def measure(self, keys: Any, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Distance (hamming) or similarity (cosine) between the keys of ``rows`` and of ``others``.
+
+        ``keys`` is only indexed by row arrays (``keys[rows]``). A subclass with another ``search`` and a
+        ``weight_name`` overrides this."""
+        if self.search == "hamming":
+            from dataflow.algorithms.hamming_search import hamming_distance
+
+            return hamming_distance(keys[rows], keys[others]).astype(np.float64)
+        if self.search == "cosine":  # keys is indexed, never read whole: an engine may load rows on demand
+            a, b = np.asarray(keys[rows], dtype=np.float32), np.asarray(keys[others], dtype=np.float32)
+            return np.einsum("ij,ij->i", a, b).astype(np.float64)
+        if self.search == "exact":
+            return np.zeros(len(rows))
+        raise NotImplementedError(f"{type(self).__name__}: search {self.search!r} needs its own measure()")
+
+    def provenance(self, groups: DuplicateGroups, keys: Any) -> DuplicateGroups:
+        """``groups`` with every dropped row's weight taken against its kept row, ``keys`` being the
+        phase 1 keys of the same rows. Rows with a direct pair to it keep the search's own weight (what
+        the threshold was decided on); rows linked through a chain are measured."""
+        if self.weight_name is None:
+            return groups
+        far = np.flatnonzero(~groups.keep & ~groups.direct)
+        if not len(far):
+            return groups
+        weight = np.array(groups.weight, dtype=np.float64)
+        weight[far] = self.measure(keys, far, groups.group_id[far])
+        return dataclasses.replace(groups, weight=weight)
+
     def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Kept rows (group columns, best score) and dropped rows (reason, duplicate_of, weight, group)."""
         keep = np.asarray(decided.keep, dtype=bool)
@@ -215,6 +434,9 @@ class DedupFilter(OperatorABC):
         if self.weight_name:
             weight = decided.weight[~keep]
             dups[self.weight_name] = weight.astype(np.int64) if self.search == "hamming" else weight
+        if self.chains and self.weight_name:
+            linked = decided.linked_by[~keep].tolist() if decided.linked_by is not None else [None] * len(dups)
+            dups["linked_by"] = pd.Series(linked, index=dups.index, dtype=object)
         if self.group_key:
             dups["group"] = decided.group[~keep]
         return kept, dups
@@ -228,24 +450,70 @@ class DedupFilter(OperatorABC):
         good = df[readable.to_numpy()]
         values = self.stack_keys([r.value for r in results if r.error is None])
         found = self.find_pairs(values)
-        groups = self.group(
-            len(good), found, self.keep_values(good, storage.image_base, keys, getattr(self, "num_workers", None))
-        )
+        # Keep values matter only where there is a choice: rows that have a pair (header reads saved).
+        touched = found.touched(len(good))
+        ranks = np.full(len(good), np.nan)
+        ranks[touched] = self.keep_values(good[touched], storage.image_base, keys, getattr(self, "num_workers", None))
+        groups = self.provenance(self.group(len(good), found, ranks), values)
         image_key = self.image_key(keys, df.columns)
         labels = good.index.to_numpy()
         images = good[image_key].to_numpy(dtype=object) if image_key else labels.astype(object)
+        self.candidates = Candidates(images, labels, found, "larger" if self.search == "cosine" else "smaller")
         decided = Decisions.from_groups(groups, labels, images, best=found.best, keys=values)
         kept, dups = self.split(good, decided, keys)
         storage.write(kept, rejected=concat_rejected(unreadable, dups))
         return self.output_columns(keys)
 
+    def duplicates_map(self) -> dict[Any, list[tuple[Any, Any]]]:
+        """imagededup's ``find_duplicates(..., scores=True)`` map of the last local run: every readable
+        image -> ``[(duplicate, score), ...]``, every image within the radius (or at the threshold) of it,
+        not only its group's survivor; hash distances closest first, similarities in row order (as
+        imagededup's hashes and CNN list them). Images with no duplicate map to ``[]``."""
+        if self.candidates is None:
+            raise RuntimeError(f"{type(self).__name__}.duplicates_map(): run the operator (local engine) first")
+        c = self.candidates
+        n = len(c.labels)
+        i, j, w = c.pairs.row_pairs(n)
+        src, dst, weight = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([w, w])
+        order = np.lexsort((dst, weight) if c.closer == "smaller" else (dst,)) if len(src) else np.zeros(0, int)
+        order = order[np.argsort(src[order], kind="stable")]
+        names = [row_name(v, label) for v, label in zip(c.images, c.labels)]
+        as_score = int if self.search in ("hamming", "exact") else float
+        out: dict[Any, list] = {name: [] for name in names}
+        for a, b, s in zip(src[order].tolist(), dst[order].tolist(), weight[order].tolist()):
+            out[names[a]].append((names[b], as_score(s) if math.isfinite(s) else None))
+        return out
+
     def required_columns(self, keys: dict) -> dict[str, str]:
+        """The run's input columns, and ``keep`` when it names a column that nothing here can compute (so
+        that ``compile()`` says which step would write it)."""
         need = super().required_columns(keys)
-        if self.keep not in ("first", "largest"):
-            need["keep"] = self.keep
+        computable = self.keep in KEEP_POLICIES or self.keep in HEADER_KEEP_COLUMNS
+        if not computable and keep_scorer(self.keep) is None:
+            writers = column_producers(self.keep)
+            label = f"keep (written by {' or '.join(writers[:3])}: run it first)" if writers else "keep"
+            need[label] = self.keep
         return need
 
     def output_columns(self, keys: dict) -> list[str]:
         cols = [keys[self.score_key]] if self.score_key and keys.get(self.score_key) else []
         group = keys.get(self.group_key) if self.group_key else None
         return cols + ([group, f"{group}_size"] if group else [])
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _numeric(values) -> np.ndarray:
+    """A fresh float64 array (NaN where not a number): callers fill it in without touching the frame."""
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64, copy=True, na_value=np.nan)
+
+
+def _pair_array(pairs) -> np.ndarray:
+    """``pairs`` as an (M, 2) or (M, 3) int64 array (an empty one of any shape as (0, 2))."""
+    arr = np.asarray(pairs)
+    return arr.astype(np.int64) if arr.ndim == 2 and arr.size else np.zeros((0, 2), dtype=np.int64)

@@ -72,11 +72,50 @@ class Registry:
         self.load_user_operators()
         return dict(sorted(self._obj_map.items()))
 
-    def for_command(self, command: str, *, user_operators: bool = False) -> type:
-        """The operator class that backs ``dataflow <command>`` (it declares ``cli_command = command``);
-        among the built-ins unless ``user_operators`` (a command runs no user code unasked)."""
+    def loaded(self) -> dict[str, type]:
+        """The operators imported so far: the built-ins, and user operators only where already loaded
+        (nothing from a user folder is imported here)."""
         self.load_builtins()
-        classes = self.get_obj_map().values() if user_operators else list(self._obj_map.values())
+        return dict(sorted(self._obj_map.items()))
+
+    def command_methods(self, command: str, *, user_operators: bool = False) -> dict[str, type]:
+        """``{method: class}`` of the operators that back ``dataflow <command>``: each declares
+        ``cli_command = command`` and the ``cli_methods`` it answers to. Among the operators imported so
+        far unless ``user_operators`` (then the user folders are imported too). Two classes claiming one
+        method raise ``KeyError`` naming both."""
+        classes = self.get_obj_map() if user_operators else self.loaded()
+        out: dict[str, type] = {}
+        for cls in classes.values():
+            if getattr(cls, "cli_command", None) != command:
+                continue
+            for method in getattr(cls, "cli_methods", ()) or ():
+                if method in out and out[method] is not cls:
+                    raise KeyError(
+                        f"`dataflow {command} --method {method}` is claimed by both {out[method].__name__} "
+                        f"({_source_of(out[method])}) and {cls.__name__} ({_source_of(cls)})"
+                    )
+                out[method] = cls
+        return out
+
+    def for_command(self, command: str, method: str | None = None, *, user_operators: bool = False) -> type:
+        """The operator class that backs ``dataflow <command>`` (it declares ``cli_command = command``).
+
+        With ``method``, the one whose ``cli_methods`` name it (:meth:`command_methods`); a method no
+        imported operator declares is looked for in the user operator folders when ``user_operators``.
+        Without, the only operator of the command. A command runs no user code unasked."""
+        if method is not None:
+            methods = self.command_methods(command)
+            if method not in methods and user_operators:
+                methods = self.command_methods(command, user_operators=True)
+            if method not in methods:
+                hint = difflib.get_close_matches(method, methods, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise KeyError(
+                    f"no operator declares `dataflow {command} --method {method}`{suggestion} "
+                    f"(methods: {', '.join(sorted(methods)) or 'none'})"
+                )
+            return methods[method]
+        classes = self.get_obj_map().values() if user_operators else self.loaded().values()
         found = [cls for cls in classes if getattr(cls, "cli_command", None) == command]
         if len(found) != 1:
             names = ", ".join(c.__name__ for c in found) or "none"

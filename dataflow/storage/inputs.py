@@ -131,14 +131,20 @@ def input_base(path: str | os.PathLike) -> str:
 
 
 def read_input(
-    path: str | os.PathLike, kind: str | None = None, image_key: str = "image", *, skip_malformed: bool = False
+    path: str | os.PathLike,
+    kind: str | None = None,
+    image_key: str = "image",
+    *,
+    skip_malformed: bool = False,
+    recursive: bool = True,
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """Step 0 as a frame, and the malformed rows skipped (with ``skip_malformed``), for any input kind."""
+    """Step 0 as a frame, and the malformed rows skipped (with ``skip_malformed``), for any input kind.
+    ``recursive=False``: a folder's own images only, not those in its subfolders."""
     from dataflow.storage.formats import read_table
 
     kind = kind or input_kind(path)
     if kind == "folder":
-        return list_image_folder(path, image_key), []
+        return list_image_folder(path, image_key, recursive=recursive), []
     if kind == WEBDATASET:
         from dataflow.storage.webdataset import read_shards
 
@@ -157,14 +163,15 @@ def read_input(
     return read_table(path, kind, skip_malformed=skip_malformed)
 
 
-def iter_image_files(folder: str | os.PathLike, *, shards: list[str] | None = None):
+def iter_image_files(folder: str | os.PathLike, *, shards: list[str] | None = None, recursive: bool = True):
     """Relative paths of images under ``folder``, sorted, hidden files and folders skipped, none opened.
-    ``shards``, when given, collects the ``.tar`` files passed on the way."""
+    ``shards``, when given, collects the ``.tar`` files passed on the way. ``recursive=False``: only the
+    images directly in ``folder`` (imagededup's default listing)."""
     folder = Path(folder)
     unreadable: list[OSError] = []
     undecodable: list[str] = []
     for root, dirs, files in os.walk(folder, onerror=unreadable.append):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for name in sorted(files):
             if name.startswith("."):
                 continue
@@ -200,10 +207,12 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def list_image_folder(folder: str | os.PathLike, image_key: str = "image") -> pd.DataFrame:
-    """One row per image file, ``image`` holding the path relative to ``folder``."""
+def list_image_folder(folder: str | os.PathLike, image_key: str = "image", *, recursive: bool = True) -> pd.DataFrame:
+    """One row per image file, ``image`` holding the path relative to ``folder`` (with ``recursive=False``
+    only the files directly in it)."""
     shards: list[str] = []
-    df = pd.DataFrame({image_key: pd.Series(list(iter_image_files(folder, shards=shards)), dtype=object)})
+    files = iter_image_files(folder, shards=shards, recursive=recursive)
+    df = pd.DataFrame({image_key: pd.Series(list(files), dtype=object)})
     if shards and len(df):
         from dataflow.log import get_logger
 

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 # Columns a rejected row gets to say why; an input column of the same name is kept as ``input_<name>``.
-PROVENANCE_COLUMNS = ("reason", "detail", "duplicate_of", "group", "distance", "similarity")
+PROVENANCE_COLUMNS = ("reason", "detail", "duplicate_of", "linked_by", "group", "distance", "similarity")
 
 
 def user_column_name(name: str, columns) -> str:

@@ -239,7 +239,7 @@ def slice_decisions(good: pd.DataFrame, payload: dict | None, keys: Any, best: n
     n = len(rid)
     keep, group = np.ones(n, dtype=bool), rid.copy()
     size, weight = np.ones(n, dtype=np.int64), np.full(n, np.nan)
-    dup_of = np.full(n, None, dtype=object)
+    dup_of, linked_by = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
     if payload is not None and len(payload["rid"]):
         pos = np.searchsorted(rid, payload["rid"])
         keep[pos] = payload["keep"]
@@ -247,7 +247,8 @@ def slice_decisions(good: pd.DataFrame, payload: dict | None, keys: Any, best: n
         size[pos] = payload["size"]
         weight[pos] = payload["weight"]
         dup_of[pos] = payload["dup_of"]
-    return Decisions(keep, group, size, weight, dup_of, best, keys)
+        linked_by[pos] = payload["linked_by"]
+    return Decisions(keep, group, size, weight, dup_of, best, keys, linked_by)
 
 
 def write_slice(op: Any, item: dict, job: SliceJob) -> pd.DataFrame:
@@ -302,8 +303,41 @@ def run_dedup(run: StepRun) -> pd.DataFrame:
     run.log(f"{search} search: {len(rows)} rows with duplicates in {time.perf_counter() - clock:.1f}s")
     clock = time.perf_counter()
     groups = op.group(len(rows), found, rows["pv"].to_numpy(float))
+    # Rows linked through a chain are measured against their kept row, from the touched rows' keys.
+    groups = op.provenance(groups, _touched_keys(run, rows, search))
     run.log(f"grouped them on the driver in {time.perf_counter() - clock:.1f}s")
     return _write_groups(run, rows, groups, readable=readable, best=best, dup_columns=dup_columns)
+
+
+def _touched_keys(run: StepRun, rows: pd.DataFrame, search: str) -> Any:
+    """The keys of the touched rows, by position in ``rows``: hashes and key texts came back with them,
+    vectors are read from the pass-1 side files when asked for (only the few rows a chain links)."""
+    if search == "hamming":
+        return rows["h"].to_numpy(np.uint64)
+    if search == "exact":
+        return rows["k"].to_numpy(dtype=object)
+    return _RowVectors(run.ctx.work_dir, rows[ROW_ID].to_numpy(np.int64), run.slices)
+
+
+class _RowVectors:
+    """Vectors of some rows (``rid``, by position), read from the slices' side files when indexed."""
+
+    def __init__(self, work_dir: str, rid: np.ndarray, slices: list[Slice]):
+        self.work_dir, self.rid, self.slices = work_dir, rid, slices
+
+    def __getitem__(self, positions) -> np.ndarray:
+        wanted = self.rid[np.asarray(positions, dtype=np.int64)]
+        out = np.zeros((len(wanted), 0), dtype=np.float32)
+        for sl in self.slices:
+            hit = np.flatnonzero((wanted >= sl.offset) & (wanted < sl.offset + sl.rows))
+            if not len(hit):
+                continue
+            ok = _read_side(_side_path(self.work_dir, sl.offset))["ok"].to_numpy(dtype=bool)
+            vectors = np.load(_side_path(self.work_dir, sl.offset, "vec", "npy"))
+            if out.shape[1] != vectors.shape[1]:
+                out = np.zeros((len(wanted), vectors.shape[1]), dtype=np.float32)
+            out[hit] = vectors[(np.cumsum(ok) - 1)[wanted[hit] - sl.offset]]  # readable rows' order in the file
+        return out
 
 
 def _dry_run(run: StepRun) -> list[str]:
@@ -480,10 +514,14 @@ def _write_groups(
     dropped = ~groups.keep
     clock = time.perf_counter()
     image_key = run.op.image_key(run.keys, run.input_columns)
-    images = _lookup(run, keeper[dropped], image_key)
+    linked = groups.linked if groups.linked is not None else np.full(len(rid), -1, dtype=np.int64)
+    via = np.flatnonzero(linked >= 0)
+    images = _lookup(run, np.concatenate([keeper[dropped], rid[linked[via]]]), image_key)
     run.log(f"looked up {len(images)} kept rows' {image_key or 'row ids'} in {time.perf_counter() - clock:.1f}s")
     dup_of = np.full(len(rid), None, dtype=object)
     dup_of[dropped] = [images[int(x)] for x in keeper[dropped]]
+    linked_by = np.full(len(rid), None, dtype=object)
+    linked_by[via] = [images[int(x)] for x in rid[linked[via]]]
 
     def make(lo: int, hi: int) -> dict:
         return {
@@ -493,6 +531,7 @@ def _write_groups(
             "size": groups.group_size[lo:hi],
             "weight": groups.weight[lo:hi],
             "dup_of": dup_of[lo:hi],
+            "linked_by": linked_by[lo:hi],
         }
 
     clock = time.perf_counter()

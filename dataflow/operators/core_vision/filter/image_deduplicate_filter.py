@@ -23,7 +23,8 @@ def pairwise_groups(n: int, pairs: np.ndarray, weights: np.ndarray, rank: np.nda
     A removed row points to the partner that removed it: a kept one when it has one, else its most similar
     better-ranked partner. Pointers always go to a better rank, so following them ends at a kept row: that
     row is the group's (``group_id``, the rejected file's ``duplicate_of``). ``weight`` is the similarity of
-    the pair a row points along; ``direct`` says whether that pair is with the group's kept row.
+    the pair a row points along; ``direct`` says whether that pair is with the group's kept row, and
+    ``linked`` names the partner when it is not (-1 otherwise).
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     sims = np.asarray(weights, dtype=np.float64).ravel()
@@ -57,6 +58,7 @@ def pairwise_groups(n: int, pairs: np.ndarray, weights: np.ndarray, rank: np.nda
         direct=direct,
         group_id=root,
         group_size=size,
+        linked=np.where(keep | direct, -1, parent),
     )
 
 
@@ -74,7 +76,8 @@ class ImageDeduplicateFilter(DedupFilter):
 
     Dropped rows go to the rejected file with reason ``near_duplicate``, ``duplicate_of`` (the kept image
     of its group: with the default rule, the one reached by following each removed image to the image
-    that removed it), ``similarity`` (of the pair that removed it) and ``group``; unreadable images are
+    that removed it), ``similarity`` (to that kept image, which may be below the threshold when a chain
+    led there), ``linked_by`` (then: the image that removed it) and ``group``; unreadable images are
     rejected with their reason code. Kept rows get ``max_similarity``: the true nearest-neighbour
     similarity. Reuses an embedding column when ``input_embedding_key`` is given. ``device=None`` picks
     cuda when available; asking for cuda without one warns and uses the cpu.
@@ -90,6 +93,11 @@ class ImageDeduplicateFilter(DedupFilter):
       loads from a local folder or the local Hugging Face cache only;
     - options: `rule` (`"transitive"`, `"greedy"`), `keep` (which row of a pair counts as the earlier),
       `input_embedding_key`, group columns (`output_group_key`) and `num_workers`;
+    - `keep="first"` (row order) stays the default, as DataFlow-MM removes the later image of a pair;
+      `keep="best"` (this project's other dedup filters' default) keeps the copy with the most pixels,
+      then the larger file, then the higher `sharpness` column where there is one;
+    - removed rows go to the rejected file with the image they duplicate (`duplicate_of`), the
+      `similarity` to it and `linked_by` through a chain; DataFlow-MM's removed rows are only dropped;
     - similarities are exact float32 dot products of the normalised embeddings (DataFlow-MM: sklearn's
       float32 matrix), so a pair within about 1e-6 of the threshold may be decided differently.
 
@@ -102,8 +110,10 @@ class ImageDeduplicateFilter(DedupFilter):
         rule: how pairs become removals: `"pairwise"` (DataFlow-MM's: the later row of every pair is
             removed), `"transitive"` (one row kept per connected group) or `"greedy"` (each kept row
             removes only its own direct duplicates: no chains)
-        keep: which row of a pair counts as the earlier, and so stays: `"first"` (row order),
-            `"largest"` (most pixels) or a column name (highest value wins)
+        keep: which row of a pair counts as the earlier, and so stays: `"first"` (row order, DataFlow-MM's),
+            `"best"` (most pixels, then the larger file, then the higher `sharpness` column where there
+            is one), `"largest"` (most pixels) or a column name (highest value wins; `width`, `height`,
+            `pixels`, `file_bytes` and quality metrics such as `sharpness` are computed when not a column)
         num_workers: worker processes that decode images; None = one per CPU core (inputs under 48
             images run in-process)
         input_image_key: column holding the image: a path (relative to the input file's folder),
@@ -174,6 +184,10 @@ class ImageDeduplicateFilter(DedupFilter):
         self.keep = check_keep(keep)
         self.num_workers = num_workers
         self.models = EmbedderCache(model_name, device, batch_size)
+
+    @property
+    def chains(self) -> bool:
+        return self.rule != "greedy"  # the pairwise rule removes through chains too (a ~ b ~ c)
 
     def group(self, n: int, found: Pairs, values: np.ndarray) -> DuplicateGroups:
         if self.rule != "pairwise":

@@ -19,15 +19,21 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
     Works on any vector column (CLIP or CNN embeddings, colour histograms), so dedup is not tied to one
     model. All pairs are found by blockwise search (memory O(N x block), never N x N), exactly the pairs the
     full matrix would give. Kept rows get ``max_similarity``: their true highest cosine to any other row,
-    also when it is below the threshold. Dropped rows go to the rejected file with reason
-    ``near_duplicate``, ``duplicate_of`` and ``similarity``; rows without a vector with their reason.
+    also when it is below the threshold. ``keep`` chooses the survivor, by default the best copy of the
+    image named by ``input_image_key`` (most pixels, then the larger file; rows without a readable image
+    rank last, in row order). Dropped rows go to the rejected file with reason ``near_duplicate``,
+    ``duplicate_of`` (the kept row of the group), ``similarity`` (between the two vectors: with chains it
+    may be below ``threshold``), ``linked_by`` (with chains: the row it joined the group through, when it
+    is not at the threshold with the kept one) and ``group``; rows without a vector with their reason.
 
     Parameters:
         threshold: cosine similarity at or above which two rows are duplicates
         transitive: True: duplicates of duplicates join one group (connected components); False: each
             kept row claims only its own direct neighbours (no chains)
-        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
-            (highest value wins)
+        keep: survivor of each group: `"best"` (most pixels, then the larger file, then the higher
+            `sharpness` column where there is one), `"first"` (row order), `"largest"` (most pixels) or a
+            column name (highest value wins; `width`, `height`, `pixels`, `file_bytes` and quality metrics
+            such as `sharpness` are computed from the images when not a column)
         input_embedding_key: column holding one vector (list of float) per row
         output_score_key: column the score is written to
         input_image_key: image column named in `duplicate_of` of rejected rows; None = `image` when
@@ -48,18 +54,18 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
         """
         ImageHistogramEvaluator(bins=8).run(storage.step(), input_image_key="image",
                                             output_histogram_key="color_histogram")
-        op = ImageEmbeddingDeduplicateFilter(threshold=0.98, keep="first")
+        op = ImageEmbeddingDeduplicateFilter(threshold=0.98)
         op.run(storage.step(), input_embedding_key="color_histogram", input_image_key="image")
         """,
         show=["image", "max_similarity", "dup_group", "dup_group_size"],
         rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
-        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"],
+        rejected_rows=["images/scene_02_flip.jpg", "images/scene_11.jpg", "images/missing.jpg"],
         note="Any vector column works: here colour histograms; CLIP or EfficientNet embeddings from "
         "`ImageEmbeddingEvaluator` the same way.",
     )
 
-    def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "first"):
+    def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "best"):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         self.threshold = threshold

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import xxhash
 
-from dataflow.core.dedup import Decisions, DedupFilter
+from dataflow.core.dedup import Decisions, DedupFilter, check_keep
 from dataflow.core.docs import Example
 from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult, map_items
@@ -26,15 +27,21 @@ def content_hash(source, base_dir: str, on: str, max_pixels: int | None) -> str:
 
 @OPERATOR_REGISTRY.register()
 class ImageExactDeduplicateFilter(DedupFilter):
-    """Removes exact duplicate images by a content hash, keeping the first row of each group.
+    """Removes exact duplicate images by a content hash, keeping one row of each group.
 
     ``on="bytes"`` hashes the file bytes (fast, no decode); ``on="pixels"`` hashes the decoded,
-    orientation-applied RGB pixels, so a PNG and its lossless re-save match. Dropped rows go to the
-    rejected file with reason ``exact_duplicate`` and ``duplicate_of`` naming the kept image;
-    unreadable images are rejected with their reason code.
+    orientation-applied RGB pixels, so a PNG and its lossless re-save match. ``keep`` chooses the row
+    that stays: the copies of a group are the same picture, so the default ``"best"`` (and
+    ``"largest"``) finds them all equal and keeps the first row, without reading a header (a larger file
+    of the same pixels, a BMP beside its JPEG, is no better copy); a column ranks them by that column.
+    Dropped rows go to the rejected file with reason ``exact_duplicate`` and ``duplicate_of`` naming the
+    kept image; unreadable images are rejected with their reason code.
 
     Parameters:
         on: `"bytes"`: hash the file bytes (no decode); `"pixels"`: hash the decoded upright RGB pixels
+        keep: survivor of each group: `"best"` (the copies are one picture: the first row), `"first"`
+            (row order), `"largest"` (the same: the first row) or a column name (highest value wins;
+            header facts and quality metrics are computed when not a column)
         num_workers: worker processes that read images; None = one per CPU core (inputs under 48
             images run in-process)
         max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
@@ -47,7 +54,7 @@ class ImageExactDeduplicateFilter(DedupFilter):
     description = (
         "Drops exact duplicate images (hash of file bytes or decoded pixels), keeping the first of each group."
     )
-    description_zh = "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张。"
+    description_zh = "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张（或按 keep 指定的列）。"
     search = "exact"
     reason = "exact_duplicate"
     group_key = None
@@ -62,10 +69,17 @@ class ImageExactDeduplicateFilter(DedupFilter):
         rejected_show=["image", "reason", "duplicate_of", "detail"],
     )
 
-    def __init__(self, on: str = "bytes", num_workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        on: str = "bytes",
+        keep: str = "best",
+        num_workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         if on not in ("bytes", "pixels"):
             raise ValueError(f"on must be 'bytes' or 'pixels', got {on!r}")
         self.on = on
+        self.keep = check_keep(keep)
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
@@ -80,6 +94,13 @@ class ImageExactDeduplicateFilter(DedupFilter):
             on=self.on,
             max_pixels=self.max_pixels,
         )
+
+    def keep_values(self, good: pd.DataFrame, base_dir: str, keys: dict, num_workers: int | None = 1):
+        # The copies are one picture: they tie on pixels and sharpness; a larger file of the same pixels
+        # is no better copy. Row order decides, without reading a header.
+        if self.keep in ("best", "largest"):
+            return np.zeros(len(good))
+        return super().keep_values(good, base_dir, keys, num_workers)
 
     def split(self, good: pd.DataFrame, decided: Decisions, keys: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         kept, dups = super().split(good, decided, keys)

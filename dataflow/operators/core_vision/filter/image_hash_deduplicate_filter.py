@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.algorithms.hashing import hex_to_hash
+from dataflow.algorithms.hashing import HASH_METHODS, hex_to_hash
 from dataflow.core.dedup import DedupFilter, check_keep
 from dataflow.core.docs import Example
 from dataflow.core.images import earlier_errors, image_column
@@ -21,17 +21,24 @@ class ImageHashDeduplicateFilter(DedupFilter):
     All pairs within the radius are found by a multi-index (pHash block) search, exactly as brute force
     would, in seconds for millions of hashes. ``transitive=True`` groups connected components;
     ``transitive=False`` lets each kept image claim only its own direct neighbours (no chains).
-    ``keep`` chooses the survivor: "first", "largest" or a column (highest wins). Kept rows get a group id
-    and group size; dropped rows go to the rejected file with reason ``near_duplicate``, ``duplicate_of``
-    and ``distance``; unreadable images with their reason code.
+    ``keep`` chooses the survivor: by default the best copy (most pixels, then the larger file, then the
+    higher ``sharpness`` where the rows have that column), or "first", "largest" or a column (highest
+    wins; header facts and quality metrics are computed when the rows lack the column). Kept rows get a
+    group id and group size; dropped rows go to the rejected file with reason ``near_duplicate``,
+    ``duplicate_of`` (the kept image of the group), ``distance`` (between the two hashes: with chains it
+    may exceed ``max_distance``), ``linked_by`` (with chains: the image it joined the group through, when
+    it is not within ``max_distance`` of the kept one) and ``group``; unreadable images with their reason
+    code. Backs ``dataflow dedup --method ahash|dhash|phash|whash``.
 
     Parameters:
         method: perceptual hash: `"ahash"`, `"dhash"`, `"phash"` or `"whash"`
         max_distance: largest Hamming distance (bits) between the hashes of two duplicates
         transitive: True: duplicates of duplicates join one group (connected components); False: each
             kept row claims only its own direct neighbours (no chains)
-        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
-            (highest value wins)
+        keep: survivor of each group: `"best"` (most pixels, then the larger file, then the higher
+            `sharpness` column where there is one), `"first"` (row order), `"largest"` (most pixels) or a
+            column name (highest value wins; `width`, `height`, `pixels`, `file_bytes` and quality metrics
+            such as `sharpness` are computed from the images when not a column)
         hash_size: side of the hash grid; the hash has `hash_size ** 2` bits (8: 64 bits, 16 hex digits)
         draft: decode JPEGs at reduced size (DCT scaling) before hashing: several times faster, about
             half a bit of drift
@@ -52,11 +59,12 @@ class ImageHashDeduplicateFilter(DedupFilter):
     search = "hamming"
     weight_name = "distance"
     cli_command = "dedup"
+    cli_methods = tuple(sorted(HASH_METHODS))
 
     example = Example.on_example_data(
         "ImageHashDeduplicateFilter",
         """
-        op = ImageHashDeduplicateFilter(method="phash", max_distance=10, keep="first")
+        op = ImageHashDeduplicateFilter(method="phash", max_distance=10)
         op.run(storage.step(), input_image_key="image", output_group_key="dup_group")
         """,
         rows=["images/scene_00.jpg", "images/scene_01.jpg", "images/scene_02.jpg"],
@@ -69,7 +77,7 @@ class ImageHashDeduplicateFilter(DedupFilter):
         method: str = "phash",
         max_distance: int = 10,
         transitive: bool = True,
-        keep: str = "first",
+        keep: str = "best",
         hash_size: int = 8,
         draft: bool = True,
         num_workers: int | None = None,
@@ -85,6 +93,19 @@ class ImageHashDeduplicateFilter(DedupFilter):
         self.draft = draft
         self.num_workers = num_workers
         self.max_pixels = max_pixels
+
+    @classmethod
+    def from_cli(cls, args) -> ImageHashDeduplicateFilter:
+        """``dataflow dedup --method <hash>``: the hash, ``--max-distance`` (default 10), ``--keep``,
+        ``--non-transitive`` and ``--num-workers``."""
+        options = {"keep": args.keep} if args.keep else {}
+        return cls(
+            method=args.method,
+            max_distance=10 if args.max_distance is None else args.max_distance,
+            transitive=not args.non_transitive,
+            num_workers=args.num_workers,
+            **options,
+        )
 
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
         """uint64 hashes: read from ``input_hash_key`` when given, else computed from the images."""

@@ -21,9 +21,10 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
 
     Catches what perceptual hashes miss (mirror images, crops, small rotations, overlays) at the price of
     more false pairs on scenes with the same palette; see the accuracy table in benchmarks/README.md.
-    Pairs are found by blockwise search (memory O(N x block)); grouping, keep policy and provenance are
-    those of the hash filter, with ``similarity`` instead of ``distance``. Kept rows get
-    ``max_similarity``, their true nearest-neighbour similarity.
+    Pairs are found by blockwise search (memory O(N x block)); grouping, keep policy (the best copy by
+    default) and provenance are those of the hash filter, with ``similarity`` (between the kept and the
+    dropped image's histograms) instead of ``distance``. Kept rows get ``max_similarity``, their true
+    nearest-neighbour similarity.
 
     Parameters:
         threshold: colour-histogram similarity (Bhattacharyya coefficient, 1 = same colours) at or above
@@ -31,8 +32,10 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
         bins: histogram bins per RGB channel; the vector has `bins ** 3` values
         transitive: True: duplicates of duplicates join one group (connected components); False: each
             kept row claims only its own direct neighbours (no chains)
-        keep: survivor of each group: `"first"` (row order), `"largest"` (most pixels) or a column name
-            (highest value wins)
+        keep: survivor of each group: `"best"` (most pixels, then the larger file, then the higher
+            `sharpness` column where there is one), `"first"` (row order), `"largest"` (most pixels) or a
+            column name (highest value wins; `width`, `height`, `pixels`, `file_bytes` and quality metrics
+            such as `sharpness` are computed from the images when not a column)
         num_workers: worker processes that read images; None = one per CPU core (inputs under 48
             images run in-process)
         max_pixels: decompression-bomb guard: an image with more pixels is refused with reason
@@ -63,7 +66,7 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
         """,
         rows=["images/scene_00.jpg", "images/scene_02.jpg", "images/scene_04.jpg"],
         rejected_show=["image", "reason", "duplicate_of", "similarity", "detail"],
-        rejected_rows=["images/scene_02_flip.jpg", "images/exif_rotated.jpg", "images/missing.jpg"],
+        rejected_rows=["images/scene_02_flip.jpg", "images/scene_11.jpg", "images/missing.jpg"],
     )
 
     def __init__(
@@ -71,7 +74,7 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
         threshold: float = 0.98,
         bins: int = 8,
         transitive: bool = True,
-        keep: str = "first",
+        keep: str = "best",
         num_workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
