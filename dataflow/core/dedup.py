@@ -32,10 +32,18 @@ from dataflow.algorithms.grouping import DuplicateGroups, group_duplicates, keep
 from dataflow.core.images import concat_rejected, rejected_unreadable
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
+from dataflow.log import get_logger
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, row_name
 
+logger = get_logger("dataflow.dedup")
+
 SEARCHES = ("exact", "hamming", "cosine")
+# How a cosine search runs: every pair ("exact"), inside k-means partitions ("approximate": exact scores,
+# recall measured on a sample each run), or exact below AUTO_APPROXIMATE_ROWS rows ("auto").
+VECTOR_SEARCHES = ("exact", "approximate", "auto")
+AUTO_APPROXIMATE_ROWS = 200_000  # the exact search takes seconds below this on two cores
+RECALL_SAMPLE = 512  # rows whose exact neighbours check an approximate run
 KEEP_POLICIES = ("best", "first", "largest")
 # keep= columns read from the image header when the rows lack them (no decode).
 HEADER_KEEP_COLUMNS = ("pixels", "width", "height", "file_bytes")
@@ -128,6 +136,7 @@ class Pairs:
     weights: np.ndarray | None = None
     inverse: np.ndarray | None = None
     best: np.ndarray | None = None
+    info: dict | None = None  # how the search went, for the manifest (an approximate search's recall)
 
     def touched(self, n: int) -> np.ndarray:
         """bool[n]: the rows in some pair (or sharing an item with another row); only they can be dropped."""
@@ -212,7 +221,20 @@ class Candidates:
     closer: str  # "smaller" (distances) or "larger" (similarities)
 
 
-def find_pairs(search: str, keys: Any, *, max_distance: int = 0, threshold: float = 1.0) -> Pairs:
+def check_vector_search(value: str) -> str:
+    if value not in VECTOR_SEARCHES:
+        raise ValueError(f"search must be one of {VECTOR_SEARCHES}, got {value!r}")
+    return value
+
+
+def approximate(vector_search: str, n: int) -> bool:
+    """Whether a cosine search over ``n`` rows runs inside partitions."""
+    return vector_search == "approximate" or vector_search == "auto" and n >= AUTO_APPROXIMATE_ROWS
+
+
+def find_pairs(
+    search: str, keys: Any, *, max_distance: int = 0, threshold: float = 1.0, vector_search: str = "exact"
+) -> Pairs:
     """Phase 2 on one machine: every candidate pair among ``keys`` (the readable rows' keys)."""
     if search == "exact":
         _, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
@@ -222,12 +244,41 @@ def find_pairs(search: str, keys: Any, *, max_distance: int = 0, threshold: floa
 
         found = find_near_duplicate_unique(np.asarray(keys, dtype=np.uint64), max_distance)
         return Pairs(found.pairs, inverse=found.inverse)
+    if search == "cosine" and approximate(vector_search, len(keys)):
+        return _partitioned_pairs(keys, threshold)
     if search == "cosine":
         from dataflow.algorithms.cosine_search import find_similar_pairs
 
         found = find_similar_pairs(np.ascontiguousarray(keys, dtype=np.float32), threshold)
         return Pairs(found.pairs, found.similarities, best=found.max_similarity)
     raise ValueError(f"unknown search {search!r}; expected one of {SEARCHES}")
+
+
+def _partitioned_pairs(keys: Any, threshold: float) -> Pairs:
+    """The approximate cosine search, and its recall against the exact search on a sample of rows."""
+    from dataflow.algorithms.partitioned_search import estimate_recall, find_similar_pairs_partitioned
+
+    vectors = keys if isinstance(keys, np.memmap) else np.ascontiguousarray(keys, dtype=np.float32)
+    found, stats = find_similar_pairs_partitioned(vectors, threshold)
+    recall, exact_pairs = estimate_recall(vectors, threshold, found.pairs, sample=RECALL_SAMPLE)
+    info = {
+        "search": "approximate",
+        "partitions": stats.n_partitions,
+        "partitions_per_row": round(stats.cells_per_row, 3),
+        "compared_pairs": stats.compared_pairs,
+        "recall_estimate": None if recall is None else round(recall, 4),
+        "recall_sample_rows": min(RECALL_SAMPLE, len(vectors)),
+        "recall_sample_pairs": exact_pairs,
+    }
+    logger.info(
+        "approximate search: %d partitions, %.2f per row; recall on %d sampled rows' %d exact pairs: %s",
+        stats.n_partitions,
+        stats.cells_per_row,
+        info["recall_sample_rows"],
+        exact_pairs,
+        "n/a (no pair in the sample)" if recall is None else f"{recall:.4f}",
+    )
+    return Pairs(found.pairs, found.similarities, best=found.max_similarity, info=info)
 
 
 def unit_vectors(values: list) -> np.ndarray:
@@ -372,6 +423,7 @@ class DedupFilter(OperatorABC):
             keys,
             max_distance=int(getattr(self, "max_distance", 0)),
             threshold=float(getattr(self, "threshold", 1.0)),
+            vector_search=getattr(self, "vector_search", "exact"),
         )
 
     # ------------------------------------------------------------------ phase 3
@@ -450,6 +502,8 @@ class DedupFilter(OperatorABC):
         good = df[readable.to_numpy()]
         values = self.stack_keys([r.value for r in results if r.error is None])
         found = self.find_pairs(values)
+        if found.info:
+            storage.note("pair_search", found.info)
         # Keep values matter only where there is a choice: rows that have a pair (header reads saved).
         touched = found.touched(len(good))
         ranks = np.full(len(good), np.nan)

@@ -414,6 +414,8 @@ def _hamming_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pai
 def _cosine_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
     """Blockwise cosine search per pair of vector shards (exact: every pair found), and each row's best."""
     threshold = float(run.op.threshold)
+    if getattr(run.op, "vector_search", "exact") != "exact":  # every pair: a superset of what it would find
+        run.log(f"search={run.op.vector_search!r} runs on the local engine; the Ray engine compares every pair")
     dims = slim.unique("dim") if readable else []
     if len(dims) > 1:
         raise ValueError(f"{run.name}: vectors of different lengths {sorted(dims)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.dedup import DedupFilter, check_keep, check_vector_search
 from dataflow.core.docs import Example
 from dataflow.core.operator import Threshold
 from dataflow.core.parallel import ItemResult
@@ -27,6 +27,10 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
     is not at the threshold with the kept one) and ``group``; rows without a vector with their reason.
 
     Parameters:
+        search: how pairs are found: `"exact"` (every pair compared; seconds up to a few hundred thousand
+            rows), `"approximate"` (k-means partitions searched exactly inside: precision 1.0, recall
+            measured on a sample each run and written to the manifest's `notes.pair_search`) or `"auto"`
+            (approximate from 200,000 rows)
         threshold: cosine similarity at or above which two rows are duplicates
         transitive: True: duplicates of duplicates join one group (connected components); False: each
             kept row claims only its own direct neighbours (no chains)
@@ -65,10 +69,11 @@ class ImageEmbeddingDeduplicateFilter(DedupFilter):
         "`ImageEmbeddingEvaluator` the same way.",
     )
 
-    def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "best"):
+    def __init__(self, threshold: float = 0.90, transitive: bool = True, keep: str = "best", search: str = "exact"):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         self.threshold = threshold
+        self.vector_search = check_vector_search(search)
         self.transitive = transitive
         self.keep = check_keep(keep)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.core.dedup import DedupFilter, check_keep
+from dataflow.core.dedup import DedupFilter, check_keep, check_vector_search
 from dataflow.core.docs import Example
 from dataflow.core.images import image_column
 from dataflow.core.operator import Threshold
@@ -27,6 +27,10 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
     nearest-neighbour similarity.
 
     Parameters:
+        search: how pairs are found: `"exact"` (every pair compared; seconds up to a few hundred thousand
+            rows), `"approximate"` (k-means partitions searched exactly inside: precision 1.0, recall
+            measured on a sample each run and written to the manifest's `notes.pair_search`) or `"auto"`
+            (approximate from 200,000 rows)
         threshold: colour-histogram similarity (Bhattacharyya coefficient, 1 = same colours) at or above
             which two images are duplicates
         bins: histogram bins per RGB channel; the vector has `bins ** 3` values
@@ -77,10 +81,12 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
         keep: str = "best",
         num_workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        search: str = "exact",
     ):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
+        self.vector_search = check_vector_search(search)
         self.bins = check_bins(bins)
         self.transitive = transitive
         self.keep = check_keep(keep)
