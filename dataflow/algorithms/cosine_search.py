@@ -32,6 +32,7 @@ import functools
 import importlib.util
 import math
 import warnings
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numba
@@ -429,10 +430,21 @@ def _torch_bf16_accumulates_in_fp32() -> bool:
     return abs(float((x @ x.T).float()) - 1.0) <= bf16_error_bound(4096)
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it torch emulates
+    bfloat16 and its matmul is ~10x slower than a float32 BLAS (measured on an AVX2 EPYC: 6 vs 55 GFLOPS)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, and float32 is never the slow choice
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _make_scorer(vectors: np.ndarray, max_norm: float, backend: Backend):
     if backend not in ("auto", "torch", "numpy"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
-    if backend == "numpy":
+    if backend == "numpy" or backend == "auto" and not _cpu_has_bf16_matmul():
         return _NumpyFp32Scorer(vectors, max_norm)
     if importlib.util.find_spec("torch") is None:
         if backend == "torch":
@@ -558,8 +570,9 @@ def find_similar_pairs(
         none, -1 gives all N(N-1)/2 pairs).
     block_size: rows and columns scored at once; memory is O(N x D + block_size^2), never N x N
         (the default 8192 needs a 128 MiB score buffer with torch, 256 MiB without).
-    backend: "torch" (bfloat16 candidate pass), "numpy" (float32 candidate pass) or "auto" (torch when
-        installed). Only speed differs: results are identical.
+    backend: "torch" (bfloat16 candidate pass), "numpy" (float32 candidate pass) or "auto" (torch where
+        it is installed and the CPU multiplies bfloat16 in hardware, else numpy). Only speed differs:
+        results are identical.
 
     Results equal those read off the full exact similarity matrix; see the module docstring for why.
     """
