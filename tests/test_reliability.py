@@ -41,6 +41,8 @@ OWN_SUITE = {
     "RuleBaseFilter",
     "FailRateFilter",
     "DataTailorFilter",
+    "CatFilter",  # its run takes DataFlow-MM's image_key and needs a parser
+    "ImageCatFilter",
 }
 MODEL_OPERATORS = {
     "ImageEmbeddingEvaluator",
@@ -62,6 +64,7 @@ SCORE_COLUMNS = {  # a column each evaluator must leave null for unreadable rows
     "ImageTextSimilarityEvaluator": "clip_score",
     "ImageAestheticEvaluator": "aesthetic_score",
     "ImageCLIPEvaluator": "clip_score",
+    "ImageTextAreaEvaluator": "text_area_ratio",
 }
 
 

@@ -9,13 +9,16 @@ from dataflow.operators.core_vision.eval.image_histogram_evaluator import ImageH
 from dataflow.operators.core_vision.eval.image_longclip_evaluator import ImageLongCLIPEvaluator
 from dataflow.operators.core_vision.eval.image_metadata_evaluator import ImageMetadataEvaluator
 from dataflow.operators.core_vision.eval.image_quality_evaluator import ImageQualityEvaluator
+from dataflow.operators.core_vision.eval.image_text_area_evaluator import ImageTextAreaEvaluator
 from dataflow.operators.core_vision.eval.image_text_similarity_evaluator import ImageTextSimilarityEvaluator
 from dataflow.operators.core_vision.eval.image_vqascore_evaluator import ImageVQAScoreEvaluator
+from dataflow.operators.core_vision.filter.cat_filter import CatFilter
 from dataflow.operators.core_vision.filter.clipscore_filter import CLIPScoreFilter
 from dataflow.operators.core_vision.filter.datatailor_filter import DataTailorFilter
 from dataflow.operators.core_vision.filter.failrate_filter import FailRateFilter
 from dataflow.operators.core_vision.filter.image_aesthetic_filter import ImageAestheticFilter
 from dataflow.operators.core_vision.filter.image_aspect_ratio_filter import ImageAspectRatioFilter
+from dataflow.operators.core_vision.filter.image_cat_filter import ImageCatFilter
 from dataflow.operators.core_vision.filter.image_clip_filter import ImageClipFilter
 from dataflow.operators.core_vision.filter.image_complexity_filter import ImageComplexityFilter
 from dataflow.operators.core_vision.filter.image_consistency_filter import ImageConsistencyFilter
@@ -27,6 +30,7 @@ from dataflow.operators.core_vision.filter.image_hash_deduplicate_filter import 
 from dataflow.operators.core_vision.filter.image_histogram_deduplicate_filter import ImageHistogramDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
 from dataflow.operators.core_vision.filter.image_sensitive_filter import ImageSensitiveFilter
+from dataflow.operators.core_vision.filter.image_text_area_filter import ImageTextAreaFilter
 from dataflow.operators.core_vision.filter.image_text_similarity_filter import ImageTextSimilarityFilter
 from dataflow.operators.core_vision.filter.knn_similarity_filter import KNNSimilarityFilter
 from dataflow.operators.core_vision.filter.rule_base_filter import RuleBaseFilter
@@ -38,6 +42,10 @@ from dataflow.operators.core_vision.generate.image_downloader import ImageDownlo
 from dataflow.operators.core_vision.refine.prompted_refiner import PromptedRefiner
 
 __all__ = [
+    "CatFilter",
+    "ImageCatFilter",
+    "ImageTextAreaEvaluator",
+    "ImageTextAreaFilter",
     "DataTailorFilter",
     "FailRateFilter",
     "VisionDependentFilter",
