@@ -65,6 +65,7 @@ SCORE_COLUMNS = {  # a column each evaluator must leave null for unreadable rows
     "ImageAestheticEvaluator": "aesthetic_score",
     "ImageCLIPEvaluator": "clip_score",
     "ImageTextAreaEvaluator": "text_area_ratio",
+    "ImageNSFWEvaluator": "nsfw_score",
 }
 
 

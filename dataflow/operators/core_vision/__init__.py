@@ -8,6 +8,7 @@ from dataflow.operators.core_vision.eval.image_hash_evaluator import ImageHashEv
 from dataflow.operators.core_vision.eval.image_histogram_evaluator import ImageHistogramEvaluator
 from dataflow.operators.core_vision.eval.image_longclip_evaluator import ImageLongCLIPEvaluator
 from dataflow.operators.core_vision.eval.image_metadata_evaluator import ImageMetadataEvaluator
+from dataflow.operators.core_vision.eval.image_nsfw_evaluator import ImageNSFWEvaluator
 from dataflow.operators.core_vision.eval.image_quality_evaluator import ImageQualityEvaluator
 from dataflow.operators.core_vision.eval.image_text_area_evaluator import ImageTextAreaEvaluator
 from dataflow.operators.core_vision.eval.image_text_similarity_evaluator import ImageTextSimilarityEvaluator
@@ -28,6 +29,7 @@ from dataflow.operators.core_vision.filter.image_embedding_deduplicate_filter im
 from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import ImageExactDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_hash_deduplicate_filter import ImageHashDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_histogram_deduplicate_filter import ImageHistogramDeduplicateFilter
+from dataflow.operators.core_vision.filter.image_nsfw_filter import ImageNSFWFilter
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
 from dataflow.operators.core_vision.filter.image_sensitive_filter import ImageSensitiveFilter
 from dataflow.operators.core_vision.filter.image_text_area_filter import ImageTextAreaFilter
@@ -42,6 +44,8 @@ from dataflow.operators.core_vision.generate.image_downloader import ImageDownlo
 from dataflow.operators.core_vision.refine.prompted_refiner import PromptedRefiner
 
 __all__ = [
+    "ImageNSFWEvaluator",
+    "ImageNSFWFilter",
     "CatFilter",
     "ImageCatFilter",
     "ImageTextAreaEvaluator",
