@@ -8,8 +8,8 @@ Each method runs in a fresh subprocess reporting its seconds and peak RSS:
   exact        ``find_similar_pairs`` (every pair); at N > --exact-max it runs on the first --exact-max
                rows and is extrapolated quadratically (said so)
   partitioned  ``find_similar_pairs_partitioned`` (ours), plus its own sampled recall estimate
-  faiss_ivf    ``IndexIVFFlat`` (inner product) with the same number of lists, trained on the same sample
-               size, every row queried with ``range_search`` at ``nprobe`` = --nprobe (1, 2, 3...: the
+  faiss_ivf    ``IndexIVFFlat`` (inner product) with the same number of lists, trained on 40 rows a
+               list (faiss's minimum; ours learns from 20), every row queried with ``range_search`` at ``nprobe`` = --nprobe (1, 2, 3...: the
                first that reaches our recall is the one compared)
 
 Recall is measured the same way for every method: the exact pairs of 2,000 sampled rows (each scored
@@ -70,12 +70,12 @@ def child(method: str, path: str, n: int, out: str, extra: dict) -> None:
         lists = extra["lists"]
         quantizer = faiss.IndexFlatIP(x.shape[1])
         index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-        sample = x[np.random.default_rng(0).choice(len(x), size=min(len(x), 20 * lists), replace=False)]
+        sample = x[np.random.default_rng(0).choice(len(x), size=min(len(x), 40 * lists), replace=False)]
         index.train(sample)
         index.add(x)
         index.nprobe = extra["nprobe"]
         lims, _, ids = index.range_search(x, THRESHOLD - 1e-4)
-        rows = np.repeat(np.arange(len(x)), np.diff(lims))
+        rows = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
         keep = rows < ids
         pairs = np.stack([rows[keep], ids[keep]], axis=1).astype(np.int64)
         info = {"lists": lists, "nprobe": extra["nprobe"]}
