@@ -11,8 +11,14 @@ CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 NEEDS_CLIP_MODEL = {"image_text_alignment.yaml", "dataflow_mm_models.yaml"}
 # They need a server: their own tests (test_image_downloader.py, test_data_in_out.py, test_vlm_serving.py)
 # run them against a local one.
-NEEDS_SERVER = {"download_profiling.yaml", "vlm_captions.yaml", "dataflow_mm_vlm_filters.yaml"}
-CHECK_WITHOUT_SERVER = {"vlm_captions.yaml", "dataflow_mm_vlm_filters.yaml"}  # --check asks no server
+NEEDS_SERVER = {
+    "download_profiling.yaml",
+    "vlm_captions.yaml",
+    "dataflow_mm_vlm_filters.yaml",
+    "caption_translation.yaml",
+}
+# --check asks no server
+CHECK_WITHOUT_SERVER = {"vlm_captions.yaml", "dataflow_mm_vlm_filters.yaml", "caption_translation.yaml"}
 
 
 def localised(tmp_path, name):

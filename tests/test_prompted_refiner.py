@@ -62,3 +62,23 @@ def test_a_failed_request_keeps_the_old_text_with_the_reason(srv, tmp_path):
 def test_a_missing_column_is_one_clear_error(srv, tmp_path):
     with pytest.raises(KeyError, match="input_key='text' is not a column"):
         refine(srv, tmp_path, "ok ", input_key="text")
+
+
+def test_prompted_generator_answers_each_text_and_can_ask_for_json(srv, tmp_path):
+    from dataflow.operators.core_text import PromptedGenerator
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [{"text": "ok one"}, {"text": None}, {"text": "toolong two"}]
+    storage = FileStorage(table(folder, rows), cache_path=tmp_path / "cache", file_name_prefix="gen")
+    serving = APIVLMServing_openai(api_url=srv.api_url, model_name=MODEL, max_workers=2, **FAST)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    op = PromptedGenerator(serving, system_prompt="Be brief.", user_prompt="", json_schema=schema)
+    op.run(storage.step(), input_key="text", output_key="answer")
+    out = storage.step().read("dataframe")
+    assert out["answer"][0] == "ok one |" and pd.isna(out["answer"][1]) and pd.isna(out["answer"][2])
+    assert out["answer_error"][2] == "http_4xx" and pd.isna(out["answer_error"][1])
+    sent = srv.site.requests[0]["payload"]
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert serving.extra_body is None  # the schema went to a copy: the caller's serving is unchanged

@@ -25,6 +25,7 @@ NOT_IMAGE_OPERATORS = {
     "ImageComplexityFilter",  # NLI over captions only
     "ImageConsistencyFilter",
     "PromptedRefiner",  # text in, text out (an image only when asked)
+    "PromptedGenerator",
     "VisionDependentFilter",  # asks without the image
 }
 # Image operators whose model is not CLIP run the bad-input images in their own test files, with the tiny

@@ -24,12 +24,14 @@ from dataflow.serving.base import (
 # The servings load on first use: an operator module that only names the base (imported by every
 # `dataflow` command) does not load the client and local-model modules until a serving is built.
 _LAZY = {
+    "APILLMServing_request": "dataflow.serving.api_llm_serving_request",
     "APIVLMServing_openai": "dataflow.serving.api_vlm_serving_openai",
     "LocalModelVLMServing_transformers": "dataflow.serving.local_model_vlm_serving",
     "LocalModelVLMServing_vllm": "dataflow.serving.local_model_vlm_serving",
 }
 
 __all__ = [
+    "APILLMServing_request",
     "APIVLMServing_openai",
     "LocalModelVLMServing_transformers",
     "LocalModelVLMServing_vllm",

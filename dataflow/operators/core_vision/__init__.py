@@ -41,9 +41,11 @@ from dataflow.operators.core_vision.filter.score_range_filter import ScoreRangeF
 from dataflow.operators.core_vision.filter.vision_dependent_filter import VisionDependentFilter
 from dataflow.operators.core_vision.generate.image_caption_generator import ImageCaptionGenerator
 from dataflow.operators.core_vision.generate.image_downloader import ImageDownloader
+from dataflow.operators.core_vision.generate.prompted_generator import PromptedGenerator
 from dataflow.operators.core_vision.refine.prompted_refiner import PromptedRefiner
 
 __all__ = [
+    "PromptedGenerator",
     "ImageNSFWEvaluator",
     "ImageNSFWFilter",
     "CatFilter",
