@@ -9,8 +9,8 @@ Each method runs in a fresh subprocess reporting its seconds and peak RSS:
                rows and is extrapolated quadratically (said so)
   partitioned  ``find_similar_pairs_partitioned`` (ours), plus its own sampled recall estimate
   faiss_ivf    ``IndexIVFFlat`` (inner product) with the same number of lists, trained on 40 rows a
-               list (faiss's minimum; ours learns from 20), every row queried with ``range_search`` at ``nprobe`` = --nprobe (1, 2, 3...: the
-               first that reaches our recall is the one compared)
+               list (faiss's minimum; ours learns from 20), every row queried with ``range_search`` at
+               ``nprobe`` = --nprobe (1, 2, 3...: the first that reaches our recall is the one compared)
 
 Recall is measured the same way for every method: the exact pairs of 2,000 sampled rows (each scored
 against all N rows), and the share of them a method found. Every pair a method reports is checked to be
@@ -85,11 +85,20 @@ def child(method: str, path: str, n: int, out: str, extra: dict) -> None:
     sims = exact_similarity(vectors, pairs[:, 0], pairs[:, 1]) if len(pairs) else np.empty(0, np.float32)
     precise = pairs[sims >= np.float32(THRESHOLD)]
     np.save(out + ".npy", precise)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     wrong = int(len(pairs) - len(precise))
     Path(out).write_text(
         json.dumps({"seconds": seconds, "peak_mb": peak, "pairs": len(precise), "wrong": wrong, **info})
     )
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory. Not ``ru_maxrss``: Linux keeps that across fork and exec, so a
+    child would report its parent's peak; ``VmHWM`` belongs to this process's own address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(method: str, path: Path, n: int, work: Path, **extra) -> dict:
@@ -184,7 +193,8 @@ def main() -> None:
             )
             if r >= our_recall:
                 break
-    print("\n| method | seconds | peak RSS MB | recall (sampled exact pairs) | pairs below threshold | note |")
+    head = "| method | seconds | peak RSS MB | recall (sampled exact pairs) | pairs under the threshold | note |"
+    print("\n" + head)
     print("|---|---|---|---|---|---|")
     for name, sec, mb, rec, wrong, note in rows:
         print(f"| {name} | {sec:.1f} | {mb:.0f} | {rec:.4f} | {wrong} | {note} |")
