@@ -312,7 +312,9 @@ def test_a_chain_is_removed_through_removed_rows(tmp_path):
     assert kept == ["0.jpg"]
     rejected = rejected.set_index("image")
     assert rejected.loc["2.jpg", "duplicate_of"] == "0.jpg"  # the group's kept row
-    assert rejected.loc["2.jpg", "similarity"] == pytest.approx(0.995, abs=1e-6)  # the pair that removed it
+    # Measured to the image it is reported a duplicate of (cos 2 steps), and the link that removed it named.
+    assert rejected.loc["2.jpg", "similarity"] == pytest.approx(math.cos(2 * step), abs=1e-6)
+    assert rejected.loc["2.jpg", "linked_by"] == "1.jpg"
     with pytest.raises(ValueError, match="rule must be one of"):
         ImageDeduplicateFilter(rule="components")
 
