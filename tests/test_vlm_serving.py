@@ -6,7 +6,8 @@ counts the requests per prompt, so each test asserts what a case costs: one requ
 ``max_retries + 1`` for an always-failing one, none for an unreadable image. The row's prompt picks what the
 server does (``ok``, ``flaky``, ``down``, ``slow``...). ``LocalModelVLMServing_transformers`` runs a tiny
 LLaVA built here from a config (random weights, a byte-level tokenizer), saved and loaded back from disk;
-``LocalModelVLMServing_vllm`` runs against a stand-in ``vllm`` module (vLLM is not installed here).
+``LocalModelVLMServing_vllm`` runs against a stand-in ``vllm`` module (vLLM is not installed here). A second
+server answers from the tiny LLaVA itself, so captions over HTTP can be checked against the model's own.
 """
 
 from __future__ import annotations
@@ -725,3 +726,52 @@ def test_a_jpeg_needing_no_change_goes_as_its_own_bytes_and_others_are_reencoded
     with pytest.raises(ImageLoadError) as err:  # checked whole before it is sent as it is
         sent("cut.jpg")
     assert err.value.reason == "truncated"
+
+
+class ModelHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat server whose answers come from a real (tiny) model: each request's images
+    and text go to a ``LocalModelVLMServing_transformers``, as vLLM's server hands them to its engine."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_POST(self):
+        payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        system, turns, images = None, [], []
+        for message in payload["messages"]:
+            content = message["content"]
+            if message["role"] == "system":
+                system = content
+                continue
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+            for part in parts:
+                if part["type"] == "image_url":
+                    images.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
+            text = " ".join(p["text"] for p in parts if p["type"] == "text")
+            turns.append({"role": message["role"], "content": text})
+        [result] = self.server.model.generate_results([turns], [images], system_prompt=system)
+        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}}]})
+        self.send_response(200 if result.ok else 500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+
+def test_an_openai_compatible_server_answering_from_a_tiny_model_gives_the_models_captions(tiny_vlm, images, tmp_path):
+    httpd = QuietServer(("127.0.0.1", 0), ModelHandler)
+    httpd.model = local_serving(tiny_vlm, batch_size=1)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        rows = [{"image": "img/wide.jpg"}, {"image": "img/small.jpg"}]  # upright JPEGs: sent as their own bytes
+        src = table(images, rows)
+        api = APIVLMServing_openai(api_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model_name=MODEL, **FAST)
+        over_http, _, _ = caption_step(src, tmp_path / "http", ImageCaptionGenerator(api))
+        in_process, _, _ = caption_step(src, tmp_path / "local", ImageCaptionGenerator(local_serving(tiny_vlm)))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert over_http["output"].notna().all()
+    assert list(over_http["output"]) == list(in_process["output"])  # the same model, the same pixels
