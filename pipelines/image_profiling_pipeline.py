@@ -17,6 +17,9 @@ Steps (in the spirit of Z-Image's data profiling: file facts, then pixels, then 
 7. ImageHashDeduplicateFilter  near duplicates: pHash within 10 bits (resized, recompressed, cropped,
                                re-saved, EXIF-rotated copies), keeping the sharpest of each group
 
+8. (--robust) ImageRobustDeduplicateFilter  copies pHash misses: crops, caption bands, letterboxes,
+                               overlays, each pair verified by ORB keypoints and RANSAC
+
 Every step's rows are in the cache folder; `dataflow inspect CACHE --step N --rejected` shows what a
 step dropped and why. The same pipeline as a config: configs/image_profiling.yaml.
 """
@@ -33,6 +36,7 @@ from dataflow.operators.core_vision.filter.image_aspect_ratio_filter import Imag
 from dataflow.operators.core_vision.filter.image_exact_deduplicate_filter import ImageExactDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_hash_deduplicate_filter import ImageHashDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
+from dataflow.operators.core_vision.filter.image_robust_deduplicate_filter import ImageRobustDeduplicateFilter
 from dataflow.operators.core_vision.filter.score_range_filter import ScoreRangeFilter
 from dataflow.pipeline import PipelineABC
 from dataflow.utils.storage import FileStorage
@@ -51,6 +55,7 @@ class ImageProfilingPipeline(PipelineABC):
         cache_path: str = "./cache_profiling",
         cache_type: str = "jsonl",
         num_workers: int | None = None,
+        robust: bool = False,
     ):
         self.storage = FileStorage(
             first_entry_file_name=str(input_path),
@@ -68,6 +73,8 @@ class ImageProfilingPipeline(PipelineABC):
         self.near = ImageHashDeduplicateFilter(
             method="phash", max_distance=10, keep="sharpness", num_workers=num_workers
         )
+        # Optional last stage: copies pHash misses (crops, caption bands, letterboxes), verified by geometry.
+        self.robust = ImageRobustDeduplicateFilter(keep="sharpness", num_workers=num_workers) if robust else None
 
     def forward(self):
         self.metadata.run(self.storage.step(), input_image_key="image")
@@ -81,6 +88,8 @@ class ImageProfilingPipeline(PipelineABC):
         self.density.run(self.storage.step(), input_score_key="jpeg_bpp")
         self.exact.run(self.storage.step(), input_image_key="image")
         self.near.run(self.storage.step(), input_image_key="image")
+        if self.robust is not None:
+            self.robust.run(self.storage.step(), input_image_key="image")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default="./cache_profiling")
     parser.add_argument("--cache-type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
     parser.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument(
+        "--robust", action="store_true", help="a last stage of verified near-duplicate removal (crops, banners)"
+    )
     args = parser.parse_args(argv)
-    pipeline = ImageProfilingPipeline(args.input, args.cache, args.cache_type, args.num_workers)
+    pipeline = ImageProfilingPipeline(args.input, args.cache, args.cache_type, args.num_workers, args.robust)
     pipeline.compile()
     pipeline.forward()
     print_run_summary(pipeline)

@@ -68,7 +68,7 @@ def test_builtin_declares_descriptions_and_documents_every_parameter(name):
     assert not missing, f"{name}: parameters without a meaning in the docstring: {missing}"
     assert cls.execution in ("rowwise", "table", "dedup")
     if issubclass(cls, DedupFilter):
-        assert cls.execution == "dedup" and cls.search in ("exact", "hamming", "cosine")
+        assert cls.execution == "dedup" and cls.search in ("exact", "hamming", "cosine", "verified")
     if issubclass(cls, (ImageEvaluator, RowFilter)):
         assert cls.execution == "rowwise"
 

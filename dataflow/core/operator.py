@@ -16,6 +16,8 @@ and the CLI read what it declares here and never name an operator:
   ``model_skipped_by``: the run keys that, when given, mean no model is loaded (``input_embedding_key``:
   vectors an earlier step wrote), so the check leaves such a call alone;
 - ``thresholds``: the parameters a report draws on a score column (:class:`Threshold`);
+- ``pair_view``: the rejected-row columns that show why a row duplicates its kept image, which the report
+  draws beside the two images (:class:`PairView`);
 - ``output_columns(keys)`` / ``required_columns(keys)``: what a call adds and reads, for ``compile()``;
 - ``example``: the runnable example of its docs page (:class:`dataflow.core.docs.Example`);
 - ``cli_command``: the ``dataflow`` subcommand it backs, if any (``"dedup"``).
@@ -72,6 +74,22 @@ class Threshold:
         return {"column": column, "param": self.param, "side": self.side, "value": float(value)}
 
 
+@dataclass(frozen=True)
+class PairView:
+    """Rejected-row columns that show why a row duplicates the image it names in ``duplicate_of``.
+
+    ``box`` is the column holding the row's extent within that kept image (``[x0, y0, x1, y1]`` in the
+    kept image's pixels), which the report draws on the kept image's thumbnail; ``facts`` are columns
+    printed beside the pair (inlier counts, scale ...). The manifest records it under ``notes``.
+    """
+
+    box: str
+    facts: tuple[str, ...] = ()
+
+    def resolve(self) -> dict:
+        return {"box": self.box, "facts": list(self.facts)}
+
+
 class OperatorABC(ABC):
     """Base class of every operator (see the module docstring for what a subclass declares)."""
 
@@ -85,6 +103,7 @@ class OperatorABC(ABC):
     description: ClassVar[str] = ""
     description_zh: ClassVar[str] = ""
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
+    pair_view: ClassVar[PairView | None] = None
     example: ClassVar[Any] = None
     cli_command: ClassVar[str | None] = None
 
@@ -213,6 +232,7 @@ def call_info(operator: OperatorABC, keys: dict) -> CallInfo:
         fingerprint=operator.fingerprint(keys),
         keeps_rows=operator.keeps_rows,
         thresholds=operator.call_thresholds(keys),
+        notes={"pair_view": operator.pair_view.resolve()} if operator.pair_view else {},
     )
 
 

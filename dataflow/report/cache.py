@@ -196,6 +196,21 @@ class CacheView:
                     )
         return out
 
+    def pair_views(self) -> dict[int, dict]:
+        """Per step, the rejected-row columns its operator declared for showing a verified pair
+        (``Operator.pair_view``, recorded under the manifest's ``notes``): ``{"box": column, "facts": [...]}``.
+        Only steps whose rejected rows hold that box column."""
+        out = {}
+        for step, meta in self.manifests.items():
+            view = (meta.get("notes") or {}).get("pair_view") if isinstance(meta.get("notes"), dict) else None
+            tab = self.rejected.get(step)
+            if not isinstance(view, dict) or not isinstance(view.get("box"), str) or tab is None:
+                continue
+            if view["box"] in tab.df.columns and "duplicate_of" in tab.df.columns:
+                facts = [str(f) for f in view.get("facts") or [] if isinstance(f, str)]
+                out[step] = {"box": view["box"], "facts": facts}
+        return out
+
 
 def display_image(value: Any) -> str:
     """How an image cell is shown: its path; a dict by its path; bytes as a marker."""

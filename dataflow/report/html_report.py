@@ -30,6 +30,7 @@ from dataflow.report.cache import (
     ReportWriteError,
     Table,
     Threshold,
+    display_image,
     fmt_number,
     is_score_name,
     numeric_values,
@@ -81,6 +82,7 @@ def build_report(
 
     store.ceiling = alloc["groups"]
     groups = r.groups_section()
+    pairs = r.pairs_section()  # mostly the groups' own images, embedded once
     store.ceiling = alloc["groups"] + alloc["rejected"]
     rejected = r.rejected_section()
     unreadable = r.unreadable_section()
@@ -89,7 +91,7 @@ def build_report(
     steps = r.steps_section()
     store.materialize()
 
-    body = "\n".join([r.header(), steps, groups, scores, rejected, unreadable])
+    body = "\n".join([r.header(), steps, groups, pairs, scores, rejected, unreadable])
     footer = (
         f"<footer>Built by <code>dataflow report</code> in {time.perf_counter() - started:.2f} s · "
         f"{store.embedded()} thumbnails embedded (cap {store.max_thumbnails})"
@@ -148,6 +150,7 @@ class _Renderer:
         self.reasons: list[tuple[int, str, int]] = []
         self.columns: list[tuple[str, Table]] = []
         self.alloc: dict[str, int] = {}
+        self.has_pairs = False
 
     def plan(self) -> dict[str, int]:
         """Find the groups, reasons and score columns, and share the thumbnail cap between the sections."""
@@ -205,8 +208,11 @@ class _Renderer:
         placeholder: str | None = None,
         extra_class: str = "",
         text: str | None = None,
+        overlay: str = "",
     ) -> str:
         token = self.store.ref(source, base, label, placeholder=placeholder)
+        if overlay:  # drawn over the thumbnail in the image's own pixel coordinates (see pairs_section)
+            token = f'<span class="pvbox">{token}{overlay}</span>'
         name = label.rsplit("/", 1)[-1] or label
         cap = f'<span class="c" title="{esc(text)}">{esc(text)}</span>' if text else ""
         return (
@@ -240,11 +246,13 @@ class _Renderer:
         ]
         cells = "".join(f'<div class="kpi"><b>{esc(n)}</b><span>{esc(k)}</span></div>' for k, n in facts)
         entry = first.get("first_entry_file_name") or ""
+        pairs_link = '<a href="#pairs">Verified pairs</a>' if self.has_pairs else ""
         return (
             f'<header><h1>dataflow report <span class="muted">· {esc(v.prefix)}</span></h1>'
             f'<p class="muted">cache <code>{esc(v.path.resolve())}</code> · input <code>{esc(entry)}</code> · '
             f'written {esc(last.get("written_at", ""))}</p><div class="kpis">{cells}</div>'
             f'<nav><a href="#steps">Steps</a><a href="#duplicates">Duplicate groups</a>'
+            f"{pairs_link}"
             f'<a href="#scores">Score distributions</a><a href="#rejected">Rejected rows</a>'
             f'<a href="#unreadable">Unreadable images</a></nav></header>'
         )
@@ -375,6 +383,62 @@ class _Renderer:
             cmd = " ; ".join(f"dataflow inspect {v.path} --prefix {v.prefix} --step {s} --rejected" for s in steps)
             tail += f'<p class="muted">{left} more groups not listed here: <code>{esc(cmd)}</code></p>'
         return head + note + search_box + "".join(cards) + tail + "</section>"
+
+    # ------------------------------------------------------------------ verified pairs
+    def pairs_section(self, max_pairs: int = 12) -> str:
+        """Rejected rows whose operator declared a ``pair_view``: the kept image with the row's box drawn on
+        it, beside the row, with the declared facts. Empty when no step declares one."""
+        v = self.view
+        cards = []
+        for step, decl in v.pair_views().items():
+            tab = v.rejected[step]
+            boxes, kept = tab.values(decl["box"]), tab.values("duplicate_of")
+            rows = [i for i in range(len(tab.df)) if _box(boxes[i]) is not None and _is_source(kept[i])]
+            if not rows:
+                continue
+            picks = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, min(max_pairs, len(rows))).astype(int))]
+            base = tab.image_base or v.image_base(step)
+            for row in picks:
+                x0, y0, x1, y1 = _box(boxes[row])
+                size = _image_size(kept[row], base)
+                overlay = ""
+                if size is not None:
+                    overlay = (
+                        f'<svg class="pvsvg" viewBox="0 0 {size[0]} {size[1]}" preserveAspectRatio="xMidYMid meet" '
+                        f'aria-hidden="true"><rect x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" height="{y1 - y0:g}"/>'
+                        f"</svg>"
+                    )
+                label = display_image(kept[row])
+                facts = " · ".join(
+                    f"{name} {fmt_number(_as_number(tab.values(name)[row]))}"
+                    for name in decl["facts"]
+                    if tab.values(name) is not None
+                )
+                box_text = f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}]"
+                kept_fig = self.figure(
+                    kept[row],
+                    base,
+                    label,
+                    f'<span class="m ok">kept · {esc(box_text)}</span>',
+                    extra_class="kept",
+                    overlay=overlay,
+                )
+                dup_fig = self.thumb(
+                    tab, row, f'<span class="m">{esc(facts)}</span>', extra_class="dup", with_text=False
+                )
+                cards.append(
+                    f'<div class="pair" data-step="{step}" data-kept="{esc(label)}" '
+                    f'data-box="{x0:g},{y0:g},{x1:g},{y1:g}">{kept_fig}'
+                    f'<div class="arrow" title="the removed image lies inside the box">←</div>{dup_fig}</div>'
+                )
+        if not cards:
+            return ""
+        self.has_pairs = True
+        return (
+            '<section id="pairs"><h2>Verified pairs</h2><p class="muted">Why two images matched: each removed '
+            "image (right) and the kept image it duplicates (left), with the removed image's extent drawn on the "
+            f'kept one, as the step measured it.</p><div class="pairs">{"".join(cards)}</div></section>'
+        )
 
     def _later_fates(self, groups: list[DuplicateGroup]) -> dict[tuple[int, str], str]:
         """For kept images that a later step removed after all: what happened to them."""
@@ -644,3 +708,38 @@ class _Renderer:
 def _asset(name: str) -> str:
     """A file of ``dataflow/report/assets`` (the page template, its stylesheet and script)."""
     return (resources.files("dataflow.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+def _box(value: Any) -> tuple[float, float, float, float] | None:
+    """``[x0, y0, x1, y1]`` as four finite numbers with x0 <= x1 and y0 <= y1, else None."""
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 4:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(t) for t in value)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(t) for t in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def _is_source(value: Any) -> bool:
+    return isinstance(value, (str, dict)) and bool(value)
+
+
+def _as_number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _image_size(source: Any, base: str | None) -> tuple[int, int] | None:
+    """The displayed (width, height) of an image from its header, or None when it cannot be read."""
+    from dataflow.media import image_info
+
+    try:
+        info = image_info(source, base, check_truncation=False)
+    except Exception:  # a report never fails on one image
+        return None
+    return int(info["width"]), int(info["height"])

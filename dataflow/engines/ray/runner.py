@@ -56,6 +56,7 @@ logger = get_logger("dataflow.engines.ray")
 MAX_SLICE_ROWS = 65_536
 MIN_SLICE_ROWS = 64  # below this a task costs more to schedule than its rows take to process
 STRATEGIES = {"rowwise": "rowwise", "dedup": "dedup", "table": "driver"}
+DISTRIBUTED_SEARCHES = ("exact", "hamming", "cosine")  # the dedup searches :mod:`.dedup` distributes
 
 
 class EngineError(Exception):
@@ -88,6 +89,8 @@ def strategy_of(op: Any) -> str:
     execution = getattr(op, "execution", "table")
     if execution not in STRATEGIES:
         raise EngineError(f"{type(op).__name__}.execution must be one of {', '.join(STRATEGIES)}, got {execution!r}")
+    if execution == "dedup" and getattr(op, "search", None) not in DISTRIBUTED_SEARCHES:
+        return "driver"  # a search this engine has no distributed form of (verified pairs): the whole step at once
     return STRATEGIES[execution]
 
 
@@ -323,13 +326,13 @@ class RayEngine:
         """An operator declaring ``execution = "table"`` runs on the driver over the whole step, as the
         local engine would; its output is still a sharded step."""
         if run.rows:
-            warnings.warn(
-                f'{run.name} declares execution = "table": it runs on the driver over the whole '
-                'step (set execution = "rowwise" on the operator class if each row is decided on '
-                "its own)",
-                RuntimeWarning,
-                stacklevel=2,
+            why = (
+                f"its search {run.op.search!r} has no distributed form"
+                if getattr(run.op, "execution", None) == "dedup"
+                else 'it declares execution = "table" (set execution = "rowwise" on the operator class if each '
+                "row is decided on its own)"
             )
+            warnings.warn(f"{run.name} runs on the driver over the whole step: {why}", RuntimeWarning, stacklevel=2)
         frames = [read_table(f, "parquet")[0] for f in run.src.files]
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         kept, rej = run_operator(run.op, df, run.keys, run.ctx)

@@ -31,6 +31,7 @@ from dataflow.operators.core_vision.filter.image_hash_deduplicate_filter import 
 from dataflow.operators.core_vision.filter.image_histogram_deduplicate_filter import ImageHistogramDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_nsfw_filter import ImageNSFWFilter
 from dataflow.operators.core_vision.filter.image_resolution_filter import ImageResolutionFilter
+from dataflow.operators.core_vision.filter.image_robust_deduplicate_filter import ImageRobustDeduplicateFilter
 from dataflow.operators.core_vision.filter.image_sensitive_filter import ImageSensitiveFilter
 from dataflow.operators.core_vision.filter.image_text_area_filter import ImageTextAreaFilter
 from dataflow.operators.core_vision.filter.image_text_similarity_filter import ImageTextSimilarityFilter
@@ -45,6 +46,7 @@ from dataflow.operators.core_vision.generate.prompted_generator import PromptedG
 from dataflow.operators.core_vision.refine.prompted_refiner import PromptedRefiner
 
 __all__ = [
+    "ImageRobustDeduplicateFilter",
     "PromptedGenerator",
     "ImageNSFWEvaluator",
     "ImageNSFWFilter",
