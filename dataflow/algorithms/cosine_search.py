@@ -288,18 +288,21 @@ def _collect_block(scores, row0, col0, rows, row_thr, col_thr, out_j, counts):
             counts[q] = _row_collect(scores[r, start:], row_thr[r], col_thr[start:], out_j[q], start)
 
 
+@njit(cache=True, inline="always")
+def _exact_dot(vectors, a, b):
+    """float32 of the float64 dot product of rows ``a`` and ``b``, summed in index order."""
+    acc = 0.0
+    for d in range(vectors.shape[1]):
+        acc += np.float64(vectors[a, d]) * np.float64(vectors[b, d])
+    return np.float32(acc)
+
+
 @njit(parallel=True, cache=True)
 def _exact_dots(vectors, left, right):
     """float32(float64 dot product) of vectors[left[p]] and vectors[right[p]] for every p."""
     out = np.empty(left.shape[0], dtype=np.float32)
-    dim = vectors.shape[1]
     for p in prange(left.shape[0]):
-        a = left[p]
-        b = right[p]
-        acc = 0.0
-        for d in range(dim):
-            acc += np.float64(vectors[a, d]) * np.float64(vectors[b, d])
-        out[p] = np.float32(acc)
+        out[p] = _exact_dot(vectors, left[p], right[p])
     return out
 
 
@@ -308,14 +311,8 @@ def _exact_dots_serial(vectors, left, right):
     """`_exact_dots` on one thread, for small batches: waking a thread pool per call of a few hundred dots
     (beside a BLAS pool that spins after each matmul) costs far more than the dots."""
     out = np.empty(left.shape[0], dtype=np.float32)
-    dim = vectors.shape[1]
     for p in range(left.shape[0]):
-        a = left[p]
-        b = right[p]
-        acc = 0.0
-        for d in range(dim):
-            acc += np.float64(vectors[a, d]) * np.float64(vectors[b, d])
-        out[p] = np.float32(acc)
+        out[p] = _exact_dot(vectors, left[p], right[p])
     return out
 
 
