@@ -288,6 +288,9 @@ def test_crop_box_overlap_and_frames():
     assert lf.crop_box(shift, (800, 800), (640, 480)) == [100, 50, 640, 480]  # clipped to the kept image
     assert lf.overlap_fraction(shift, (200, 100), (640, 480)) == pytest.approx(1.0)
     assert lf.overlap_fraction(np.array([[1.0, 0, 540], [0, 1.0, 0]]), (200, 100), (640, 480)) == pytest.approx(0.5)
+    mirror = np.array([[-1.0, 0, 199], [0, 1.0, 0]])  # a left-right flip of the 200 x 100 image, in place
+    assert lf.overlap_fraction(mirror, (200, 100), (640, 480)) == pytest.approx(1.0)
+    assert lf.crop_box(mirror, (200, 100), (640, 480)) == [0, 0, 200, 100]
     half = lf.frame_transform((320, 240), (640, 480))
     assert lf.similarity_scale(half) == pytest.approx(2.0) and lf.crop_box(half, (320, 240), (640, 480)) == [
         0,

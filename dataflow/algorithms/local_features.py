@@ -361,10 +361,11 @@ def overlap_fraction(transform: np.ndarray, size_from: tuple[int, int], size_to:
     """Share of the smaller of two images (by area, in the target's pixels) inside both, when the first
     (``size_from``) is placed on the second by ``transform``."""
     cv2 = require_cv2()
-    placed = _corners(transform, size_from).astype(np.float32)
-    target = _corners(np.array([[1.0, 0, 0], [0, 1.0, 0]]), size_to).astype(np.float32)
+    # hulls: one orientation for both quadrilaterals, also when the transform mirrors
+    placed = cv2.convexHull(_corners(transform, size_from).astype(np.float32))
+    target = cv2.convexHull(_corners(np.array([[1.0, 0, 0], [0, 1.0, 0]]), size_to).astype(np.float32))
     inter, _ = cv2.intersectConvexConvex(placed, target)
-    smaller = min(_polygon_area(placed.astype(np.float64)), float(size_to[0] * size_to[1]))
+    smaller = min(_polygon_area(placed.reshape(-1, 2).astype(np.float64)), float(size_to[0] * size_to[1]))
     return float(inter) / smaller if smaller > 0 else 0.0
 
 

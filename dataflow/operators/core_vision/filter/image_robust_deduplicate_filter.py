@@ -299,7 +299,7 @@ class ImageRobustDeduplicateFilter(DedupFilter):
 
     # ------------------------------------------------------------------ phase 1
     def row_keys(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        """Per row a :class:`RobustKey` (pHash and local features), or why the image could not be read."""
+        """Per row a :class:`RobustKey` (its local features), or why the image could not be read."""
         lf.require_cv2()  # one clear message before any worker starts
         sources = image_column(df, keys["input_image_key"], type(self).__name__)
         return map_items(
@@ -347,6 +347,7 @@ class ImageRobustDeduplicateFilter(DedupFilter):
                 "agreement": None,
                 "scale": None,
                 "crop_box": None,
+                "mirrored": None,
                 "why": why,
             }
         box = lf.crop_box(found.transform, keys.features[0].original, keys.features[1].original)
