@@ -320,7 +320,7 @@ def test_the_hash_methods_dispatch_to_the_hash_filter(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["dedup", str(IMAGES), "--out", str(tmp_path / "x"), "--method", "md5"])
     assert usage.value.code == 2
-    assert "invalid choice: 'md5' (choose from 'ahash', 'dhash', 'phash', 'whash'" in capsys.readouterr().err
+    assert "invalid choice: 'md5' (choose from 'ahash', 'dhash', 'phash', 'robust', 'whash'" in capsys.readouterr().err
 
 
 class SameSizeDeduplicateFilter(DedupFilter):
