@@ -26,6 +26,26 @@ def scale_cosine(cosine: float, scale: str) -> float:
     return float(cosine)
 
 
+def scaled_clip_rows(op, embedder, df: pd.DataFrame, base_dir: str, keys: dict, column: str) -> list[ItemResult]:
+    """DataFlow-MM's CLIP-style score per row: the mean cosine to the row's text(s) on ``op.scale``, 0.0
+    for an empty text, the loader's error for an unreadable image (ImageCLIPEvaluator, LongCLIP)."""
+    image_column(df, keys["input_image_key"], type(op).__name__)  # a missing column names the operator
+    cosines, results = clip_scores(
+        embedder,
+        base_dir,
+        df,
+        keys["input_image_key"],
+        keys["input_text_key"],
+        reduce="mean",
+        batch_size=op.batch_size,
+        num_workers=op.num_workers,
+    )
+    return [
+        ItemResult({column: 0.0 if c is None else scale_cosine(c, op.scale)}) if r.error is None else r
+        for c, r in zip(cosines, results)
+    ]
+
+
 @OPERATOR_REGISTRY.register()
 class ImageCLIPEvaluator(ImageEvaluator):
     """Adds ``clip_score``: the CLIP cosine between each image and its text, mapped to [0, 1] as
@@ -102,21 +122,7 @@ class ImageCLIPEvaluator(ImageEvaluator):
         self.models = EmbedderCache(model_name, device, batch_size)
 
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        image_column(df, keys["input_image_key"], type(self).__name__)  # a missing column names this operator
-        cosines, results = clip_scores(
-            self.models.clip(),
-            base_dir,
-            df,
-            keys["input_image_key"],
-            keys["input_text_key"],
-            reduce="mean",
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-        )
-        return [
-            ItemResult({"clip_score": 0.0 if c is None else scale_cosine(c, self.scale)}) if r.error is None else r
-            for c, r in zip(cosines, results)
-        ]
+        return scaled_clip_rows(self, self.models.clip(), df, base_dir, keys, "clip_score")
 
     def run(
         self,

@@ -7,12 +7,10 @@ import pandas as pd
 
 from dataflow.core.docs import Example
 from dataflow.core.evaluator import ImageEvaluator
-from dataflow.core.images import image_column
 from dataflow.core.parallel import ItemResult
 from dataflow.core.registry import OPERATOR_REGISTRY
 from dataflow.models.longclip import DEFAULT_LONGCLIP, DEFAULT_TOKENIZER, LongCLIPCache
-from dataflow.operators.core_vision.eval.image_clip_evaluator import SCALES, scale_cosine
-from dataflow.operators.core_vision.eval.image_text_similarity_evaluator import clip_scores
+from dataflow.operators.core_vision.eval.image_clip_evaluator import SCALES, scaled_clip_rows
 
 
 @OPERATOR_REGISTRY.register()
@@ -111,21 +109,7 @@ class ImageLongCLIPEvaluator(ImageEvaluator):
         self.models = LongCLIPCache(model_name, device, batch_size, tokenizer_name)
 
     def score_rows(self, df: pd.DataFrame, base_dir: str, keys: dict) -> list[ItemResult]:
-        image_column(df, keys["input_image_key"], type(self).__name__)  # a missing column names this operator
-        cosines, results = clip_scores(
-            self.models.get(),
-            base_dir,
-            df,
-            keys["input_image_key"],
-            keys["input_text_key"],
-            reduce="mean",
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-        )
-        return [
-            ItemResult({"longclip_score": 0.0 if c is None else scale_cosine(c, self.scale)}) if r.error is None else r
-            for c, r in zip(cosines, results)
-        ]
+        return scaled_clip_rows(self, self.models.get(), df, base_dir, keys, "longclip_score")
 
     def run(
         self,
