@@ -2,7 +2,9 @@
 
 ``compile()`` dry-runs ``forward()`` to record the operator calls and check every ``input_*`` key
 against the columns known at that point. After it, ``forward()`` resumes on its own: leading steps
-whose manifest fingerprint matches and whose file exists are skipped.
+whose manifest fingerprint matches and whose file exists are skipped. Each row-wise operator call runs over
+its storage's ``chunk_rows`` rows at a time, so a step that was killed resumes after its last finished chunk
+(:mod:`dataflow.storage.chunks`).
 
 ``BatchedPipelineABC`` (DataFlow's) adds ``forward(batch_size=N)``: each row-wise operator call runs once per
 batch of N rows of a :class:`~dataflow.storage.dataflow_storages.BatchedFileStorage`, and an interrupted step
@@ -12,6 +14,7 @@ resumes at its next batch.
 from __future__ import annotations
 
 import functools
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +215,7 @@ def _wrap_forward(forward):
     def wrapper(self, *args, resume_step: int | None = None, resume: str | None = "auto", **kwargs):
         self._reset_storages()
         skip = _skip(self, resume_step, resume)
-        return _run_forward(self, forward, args, kwargs, _Resumer(skip))
+        return _run_forward(self, forward, args, kwargs, _BatchRunner(skip, resume_batches=resume == "auto"))
 
     wrapper.__wrapped_forward__ = forward
     return wrapper
@@ -266,48 +269,58 @@ def _flush(storages: list, failed: bool = False) -> None:
 # ------------------------------------------------------------------ batched pipelines (DataFlow's)
 @dataclass
 class _BatchRunner(_Resumer):
-    """Runs each row-wise operator call of ``forward()`` once per batch of its ``BatchedFileStorage``."""
+    """Runs each row-wise operator call of ``forward()`` once per chunk of its storage's step: ``batch_size``
+    rows (``BatchedPipelineABC.forward(batch_size=N)``), else the storage's ``chunk_size()``."""
 
     batch_size: int | None = None
     resume_batches: bool = True
-    _running: bool = False  # inside a batch: a run() the operator calls itself (super().run()) just runs
+    _running: bool = False  # inside a chunk: a run() the operator calls itself (super().run()) just runs
 
     def on_call(self, operator, storage, keys):
         if self._running:
             return "run"
         verdict = super().on_call(operator, storage, keys)
-        if verdict != "run" or self.batch_size is None or not hasattr(storage, "resume_batch"):
+        if verdict != "run" or not hasattr(storage, "resume_batch"):
             return verdict
         name = type(operator).__name__
         step = getattr(storage, "operator_step", -1) + 1
-        if getattr(operator, "execution", "table") != "rowwise":
-            logger.info(
-                'step %d %s declares execution = "%s": it runs over the whole step, not in batches (set '
-                'execution = "rowwise" on the operator class if each row is decided on its own)',
-                step,
-                name,
-                getattr(operator, "execution", "table"),
-            )
+        rowwise = getattr(operator, "execution", "table") == "rowwise"
+        size = self.batch_size or (storage.chunk_size() if rowwise and hasattr(storage, "chunk_size") else None)
+        if size is None or not rowwise:
+            if self.batch_size is not None:
+                logger.info(
+                    'step %d %s declares execution = "%s": it runs over the whole step, not in batches (set '
+                    'execution = "rowwise" on the operator class if each row is decided on its own)',
+                    step,
+                    name,
+                    getattr(operator, "execution", "table"),
+                )
+            storage.batch_size = None
+            return "run"
+        storage.batch_size = size
+        batches = storage.batch_count()
+        if batches == 1 and self.batch_size is None:  # one chunk is the whole step: run as outside a pipeline
             storage.batch_size = None
             return "run"
         from dataflow.core.operator import call_info
 
-        storage.batch_size = self.batch_size
-        batches = storage.batch_count()
         first = storage.resume_batch(operator.fingerprint(keys)) if self.resume_batches else 0
         if first:
-            logger.info("step %d %s: resuming at batch %d of %d", step, name, first + 1, batches)
-        logger.info("step %d %s: %d batch(es) of %d rows", step, name, batches - first, self.batch_size)
+            logger.info("step %d %s: resuming at chunk %d of %d", step, name, first + 1, batches)
+        logger.info("step %d %s: running, %d chunk(s) of %d rows", step, name, batches - first, size)
         run = getattr(type(operator).run, "__wrapped_run__", type(operator).run)
+        started = time.perf_counter()
         self._running = True
         try:
             indices = range(first, batches)
-            for index in progress(indices, total=len(indices), desc=f"step {step} {name}", unit="batch"):
+            for index in progress(indices, total=len(indices), desc=f"step {step} {name}", unit="chunk"):
                 storage.batch_step = index
                 storage.begin(call_info(operator, keys))
                 run(operator, storage, **keys)
         finally:
             self._running = False
+            storage.batch_size = None
+        logger.info("step %d %s: done in %.2fs", step, name, time.perf_counter() - started)
         return "batched"
 
 

@@ -21,18 +21,21 @@ _UMASK = _read_umask()
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[str]:
+def atomic_path(target: str | os.PathLike, *, sync: bool = True) -> Iterator[str]:
     """Yield a temp path beside ``target``; it replaces ``target`` only if the block finishes.
 
-    A run killed or failing mid-write leaves the previous file (or none), never a half-written one.
+    A run killed or failing mid-write leaves the previous file (or none), never a half-written one. With
+    ``sync=False`` the data is not forced to disk first (a power cut may leave the file empty): for the
+    caller that syncs a batch of files later and can tell such a file from a finished one.
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if sync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the mode open() would
         os.replace(tmp, target)
     except BaseException:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataflow.storage import formats
@@ -83,20 +85,69 @@ def _parse(path: Path, lines: list[bytes], first_line: int, skip_malformed: bool
     return df, bad
 
 
-def parquet_rows(path: str | os.PathLike, start: int, count: int) -> pd.DataFrame:
-    """Rows ``start`` to ``start + count`` of a Parquet file, reading only the row groups that hold them."""
+@dataclass
+class ParquetCursor:
+    """An open scan of a Parquet file at row ``row``: the next chunk continues it (a row group is read once,
+    however many chunks it holds), with the rows of its last record batch that the chunk before left."""
+
+    path: str
+    state: tuple
+    row: int
+    batches: Iterator
+    pending: pa.RecordBatch | None = None
+
+
+def parquet_rows(
+    path: str | os.PathLike, start: int, count: int, cursor: ParquetCursor | None = None
+) -> tuple[pd.DataFrame, ParquetCursor]:
+    """Rows ``start`` to ``start + count`` of a Parquet file, and the cursor of the next row: consecutive
+    calls read the file once from start to end; another start reads from the row group that holds it."""
+    path = os.fspath(path)
+    state = _state(path)
+    if cursor is None or cursor.path != path or cursor.state != state or cursor.row != start:
+        cursor = _open_at(path, state, start, count)
+    batches, taken = [], 0
+    while taken < count:
+        batch = cursor.pending if cursor.pending is not None else next(cursor.batches, None)
+        cursor.pending = None
+        if batch is None:
+            break
+        if taken + len(batch) > count:
+            batch, cursor.pending = batch.slice(0, count - taken), batch.slice(count - taken)
+        batches.append(batch)
+        taken += len(batch)
+    cursor.row = start + taken
+    schema = pq.read_schema(path) if not batches else batches[0].schema
+    return formats.frame_from_arrow(pa.Table.from_batches(batches, schema=schema)), cursor
+
+
+def _open_at(path: str, state: tuple, start: int, count: int) -> ParquetCursor:
     pf = pq.ParquetFile(path)
-    groups, first, at = [], None, 0
+    first, at = pf.metadata.num_row_groups, 0
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
-        if at + n > start and at < start + count:
-            groups.append(i)
-            first = at if first is None else first
+        if at + n > start:
+            first = i
+            break
         at += n
-    if not groups:
-        return formats.frame_from_arrow(pf.schema_arrow.empty_table())
-    table = pf.read_row_groups(groups).slice(start - first, count)
-    return formats.frame_from_arrow(table)
+    groups = list(range(first, pf.metadata.num_row_groups))
+    batches = pf.iter_batches(batch_size=max(1, min(count, 1 << 16)), row_groups=groups) if groups else iter(())
+    cursor = ParquetCursor(path, state, at, batches)
+    skip = start - at
+    while skip > 0:  # to the first row asked for, inside its row group
+        batch = next(cursor.batches, None)
+        if batch is None:
+            break
+        if len(batch) > skip:
+            cursor.pending = batch.slice(skip)
+        skip -= len(batch)
+    cursor.row = start
+    return cursor
+
+
+def _state(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def parquet_rows_total(path: str | os.PathLike) -> int:
@@ -109,6 +160,48 @@ def concat_bytes(parts: list[Path], out: str | os.PathLike) -> None:
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def concat_parquet(parts: list[Path], out: str | os.PathLike, columns: list[str]) -> None:
+    """``out`` = the rows of the Parquet parts, one part at a time (each part's row groups stay row groups, so
+    a later chunked read holds one part's rows). Parts whose types differ (a column of nulls in one part, of
+    text in another; integers and floats) are cast to the types all of them fit in, as a write of the whole
+    table would have typed the column; parts that no type fits are put together in memory instead."""
+    schemas = [pq.read_schema(p) for p in parts]
+    fields = _unified([s.remove_metadata() for s in schemas])
+    if fields is None:
+        concat_tables(parts, "parquet", out, columns)
+        return
+    order = [c for c in columns if c in fields.names] + [c for c in fields.names if c not in columns]
+    schema = pa.schema([fields.field(c) for c in order])
+    schema = formats.with_hf_features(schema.empty_table()).schema
+    writer = pq.ParquetWriter(
+        out,
+        schema,
+        use_dictionary=formats._parquet_dictionary_columns(schema.empty_table()),
+        write_statistics=formats._parquet_statistics_columns(schema.empty_table()),
+    )
+    try:
+        for part in parts:
+            source = pq.ParquetFile(part)
+            for i in range(source.metadata.num_row_groups):
+                group = source.read_row_group(i)
+                missing = [c for c in schema.names if c not in group.column_names]
+                for name in missing:
+                    group = group.append_column(schema.field(name), pa.nulls(len(group), schema.field(name).type))
+                writer.write_table(group.select(schema.names).cast(schema))
+    finally:
+        writer.close()
+
+
+def _unified(schemas: list[pa.Schema]) -> pa.Schema | None:
+    """The schema every part fits: nulls take the other parts' type; else wider numbers (ints and floats)."""
+    for promote in ("default", "permissive"):
+        try:
+            return pa.unify_schemas(schemas, promote_options=promote)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue
+    return None
 
 
 def concat_tables(parts: list[Path], kind: str, out: str | os.PathLike, columns: list[str]) -> None:

@@ -4,7 +4,8 @@ rejected rows, atomic writes and resume; only when and how much is read or writt
 - :class:`LazyFileStorage` keeps each written step in memory and writes it on ``flush_step`` / ``flush_all``,
   at the end of a pipeline's ``forward()``, at exit, or on SIGTERM.
 - :class:`BatchedFileStorage` hands an operator ``batch_size`` rows at a time (``batch_step`` says which) and
-  writes the step once its last batch is in; :class:`StreamBatchedFileStorage` adds DataFlow's streaming calls.
+  writes the step once its last batch is in, as every ``FileStorage`` does for its pipeline's row-wise steps
+  (:mod:`dataflow.storage.chunks`); :class:`StreamBatchedFileStorage` adds DataFlow's streaming calls.
 - :class:`DummyStorage` holds one frame in memory: no steps, no files.
 """
 
@@ -12,40 +13,25 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import signal
 import threading
 import weakref
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import pandas as pd
 
 from dataflow.log import get_logger
-from dataflow.storage.atomic import atomic_path, atomic_write_bytes
+from dataflow.storage.atomic import atomic_path
 from dataflow.storage.base import DataFlowStorage, cache_folder_held
-from dataflow.storage.batches import (
-    Cursor,
-    concat_bytes,
-    concat_tables,
-    count_jsonl_rows,
-    parquet_rows,
-    parquet_rows_total,
-    read_jsonl_rows,
-)
 from dataflow.storage.file_storage import (
-    EMPTY,
     FileStorage,
     PendingStep,
-    StepOrderError,
     StorageError,
     frame_of,
 )
 from dataflow.storage.formats import check_cache_type, write_table
-from dataflow.storage.inputs import read_input
-from dataflow.storage.lock import CacheLock, cache_folder_error
-from dataflow.storage.manifest import fingerprint
+from dataflow.storage.lock import CacheLock
 
 __all__ = ["BatchedFileStorage", "DummyStorage", "LazyFileStorage", "StreamBatchedFileStorage"]
 logger = get_logger("dataflow.storage")
@@ -84,6 +70,7 @@ class LazyFileStorage(FileStorage):
         flush_all_steps: bool = False,
         **options: Any,
     ):
+        options.setdefault("chunk_rows", None)  # its steps live in memory: nothing to resume a chunk from
         super().__init__(first_entry_file_name, cache_path, file_name_prefix, cache_type, **options)
         self.save_on_exit = save_on_exit
         self.flush_all_steps = flush_all_steps
@@ -217,288 +204,10 @@ class BatchedFileStorage(FileStorage):
 
     A ``BatchedPipelineABC`` drives it (``forward(batch_size=...)``); a script may too, setting
     ``batch_size`` and ``batch_step`` and calling the operator once per batch as DataFlow's pipeline does.
-    Memory stays bounded by the batch for JSON lines (the input, or steps with ``cache_type="jsonl"``) and for
-    Parquet steps; other tables are read whole once per step and sliced, and ``json`` / ``csv`` / ``parquet``
-    steps are put together in memory when their last batch is in. Until then the batches wait in
-    ``<prefix>_step<N>.batches/``, so an interrupted step resumes at its next batch. With ``batch_size=None``
-    it is a ``FileStorage``.
+    Every :class:`FileStorage` reads and writes its pipeline's row-wise steps this way, in chunks of
+    ``chunk_rows`` (see :mod:`dataflow.storage.chunks` for memory and resume); this class is DataFlow's name
+    for it. With ``batch_size=None`` outside a pipeline it is a ``FileStorage``.
     """
-
-    def __init__(
-        self,
-        first_entry_file_name: str | os.PathLike,
-        cache_path: str | os.PathLike = "./cache",
-        file_name_prefix: str = "dataflow_cache_step",
-        cache_type: str = "jsonl",
-        **options: Any,
-    ):
-        super().__init__(first_entry_file_name, cache_path, file_name_prefix, cache_type, **options)
-        self.batch_size: int | None = None
-        self.batch_step = 0
-        self.record_count: int | None = None
-        self._cursor: Cursor | None = None
-        self._whole: tuple[tuple, pd.DataFrame, list] | None = None  # (step, file state), frame, malformed
-        self._counted: tuple[tuple, int] | None = None
-        self._step_fp: tuple[int, str | None] | None = None
-        self._kind: str | None = None
-
-    def batches_path(self, step: int) -> Path:
-        """The folder the batches of ``step`` wait in until its last one is written."""
-        return Path(self.cache_path) / f"{self.file_name_prefix}_step{step}.batches"
-
-    def batch_count(self) -> int:
-        """How many batches of ``batch_size`` rows the current step has (1 for an empty step)."""
-        return max(1, -(-self.get_record_count() // self._batch_size()))
-
-    def get_record_count(self) -> int:
-        """The rows of the current step, counted without parsing them where the format allows."""
-        step = self.operator_step
-        if step < 0:
-            raise StepOrderError("get_record_count() before step(): call storage.step() first")
-        if step > 0:
-            meta = self.manifest(step)
-            if meta and isinstance(meta.get("rows_out"), int) and self.step_path(step).is_file():
-                return meta["rows_out"]
-        kind, path = self._source(step)
-        if kind == EMPTY:
-            return 0
-        state = (step, _file_state(path))
-        if self._counted is not None and self._counted[0] == state:
-            return self._counted[1]
-        if kind == "jsonl":
-            rows = count_jsonl_rows(path)
-        elif kind == "parquet" and step > 0 and Path(path).is_file():
-            rows = parquet_rows_total(path)
-        else:
-            rows = len(self._whole_step(step)[0])
-        self._counted = (state, rows)
-        return rows
-
-    def _source(self, step: int) -> tuple[str, str]:
-        if step == 0:
-            if self._kind is None:  # judged once: for a folder it walks the folder
-                self._kind = self.input_kind
-            return self._kind, self.first_entry_file_name
-        return self.cache_type, str(self.step_path(step))
-
-    def _batch_size(self) -> int:
-        size = self.batch_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {size!r}")
-        return size
-
-    # ------------------------------------------------------------ reading a batch
-    def _read_step(self, step: int) -> pd.DataFrame:
-        chunk = getattr(self, "_current_streaming_chunk", None)
-        if self.batch_size is None and chunk is None:
-            return super()._read_step(step)
-        if self._step_fp is None or self._step_fp[0] != step or self.batch_step == 0:
-            self._step_fp = (step, self.step_fingerprint(step))  # once per step: it stats every image
-        self._input_fingerprint = self._step_fp[1]
-        if chunk is not None:  # handed in by a streaming driver (DataFlow's StreamBatchedPipelineABC)
-            self._malformed = []
-            return chunk.reset_index(drop=True)
-        size = self._batch_size()
-        self.record_count = self.get_record_count()
-        df, self._malformed = self._rows(step, self.batch_step * size, size)
-        return df
-
-    def _rows(self, step: int, start: int, count: int) -> tuple[pd.DataFrame, list[dict]]:
-        kind, path = self._source(step)
-        if kind == EMPTY:
-            return pd.DataFrame(), []
-        if kind == "jsonl" and Path(path).is_file():
-            df, bad, self._cursor = read_jsonl_rows(
-                path, start, count, self._cursor, skip_malformed=self.skip_malformed_rows and step == 0
-            )
-        elif kind == "parquet" and step > 0 and Path(path).is_file():
-            df, bad = parquet_rows(path, start, count), []
-        else:
-            whole, malformed = self._whole_step(step)
-            df = whole.iloc[start : start + count].reset_index(drop=True)
-            bad = malformed if start == 0 else []
-        if not len(df.columns) and step > 0:  # a batch of no rows: the columns are in the manifest
-            df = df.reindex(columns=(self.manifest(step) or {}).get("columns") or [])
-        return df, bad
-
-    def _whole_step(self, step: int) -> tuple[pd.DataFrame, list]:
-        kind, path = self._source(step)
-        state = (step, _file_state(path))
-        if self._whole is None or self._whole[0] != state:
-            if step == 0:
-                df, malformed = read_input(path, kind, self.image_key, skip_malformed=self.skip_malformed_rows)
-                self._note_image_columns(df, kind)
-            else:
-                df, malformed = FileStorage._read_step(self, step), []
-            self._whole = (state, df, malformed)
-        return self._whole[1], self._whole[2]
-
-    def iter_chunks(self):
-        """The current step's batches as frames, one after the other (DataFlow's streaming call)."""
-        size = self._batch_size()
-        total = self.get_record_count()
-        for start in range(0, max(total, 1), size):
-            yield self._rows(self.operator_step, start, size)[0]
-
-    # ------------------------------------------------------------ writing a batch
-    def write(self, data: pd.DataFrame | list[dict], rejected: pd.DataFrame | list[dict] | None = None) -> str:
-        """Add the current batch's rows to the next step; the last batch writes the step (returns its path)."""
-        if self.batch_size is None:
-            return super().write(data, rejected)
-        return self._add_batch(self.prepare_write(data, rejected, check_images=False))
-
-    def _state_path(self, step: int) -> Path:
-        return self.batches_path(step) / "state.json"
-
-    def _read_state(self, step: int) -> dict | None:
-        try:
-            state = orjson.loads(self._state_path(step).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        return state if isinstance(state, dict) else None
-
-    def resume_batch(self, operator_fingerprint: str) -> int:
-        """The first batch of the current step's call still to run: the batches an interrupted run of the
-        same call (same input, operator, parameters and batch size) wrote are kept; 0 when there are none.
-        When every batch is there but the step is not (the run stopped while putting them together), the
-        last batch runs again and finishes the step."""
-        step = self.operator_step
-        state = self._read_state(step + 1)
-        if not state:
-            return 0
-        expected = fingerprint(self.step_fingerprint(step) or "", operator_fingerprint)
-        if (
-            state.get("fingerprint") != expected
-            or state.get("batch_size") != self.batch_size
-            or state.get("record_count") != self.get_record_count()
-        ):
-            return 0
-        done = len(state.get("batches") or [])
-        folder = self.batches_path(step + 1)
-        if not all((folder / _part(i, self.cache_type)).is_file() for i in range(done)):
-            return 0
-        return min(done, self.batch_count() - 1)
-
-    def _add_batch(self, pending: PendingStep) -> str:
-        step, index, size = pending.step, self.batch_step, self._batch_size()
-        total = self.record_count if self.record_count is not None else self.get_record_count()
-        count = max(1, -(-total // size))
-        if not 0 <= index < count:
-            raise StorageError(
-                f"batch_step={index}: step {step - 1} has {total} rows, {count} batch(es) of {size} "
-                f"(batch_step 0 to {count - 1})"
-            )
-        folder = self.batches_path(step)
-        meta = pending.manifest
-        state = None if index == 0 else self._read_state(step)
-        if index == 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            state = {"fingerprint": meta["fingerprint"], "batch_size": size, "record_count": total, "batches": []}
-        elif not state or len(state.get("batches") or []) < index or state.get("fingerprint") != meta["fingerprint"]:
-            raise StorageError(
-                f"batch {index} of step {step}: {folder} does not hold batches 0 to {index - 1} of this call "
-                "(another operator, parameters or input, or a batch skipped); rerun the step from batch_step=0"
-            )
-        del state["batches"][index:]  # a batch written again replaces itself and those after it
-        state["batches"].append(_batch_record(pending, self._columns_in or []))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / _part(index, self.cache_type)) as tmp:
-                write_table(pending.frame, tmp, self.cache_type)
-            rejected = folder / _part(index, "rejected.jsonl")
-            if len(pending.rejected):
-                with atomic_path(rejected) as tmp:
-                    write_table(pending.rejected, tmp, "jsonl")
-            else:
-                rejected.unlink(missing_ok=True)
-            atomic_write_bytes(self._state_path(step), orjson.dumps(state, option=orjson.OPT_INDENT_2))
-        except OSError as exc:
-            raise cache_folder_error(Path(self.cache_path), exc) from exc
-        if index + 1 < count:
-            return str(self.step_path(step))
-        return self._finish(pending, state, folder)
-
-    def _finish(self, last: PendingStep, state: dict, folder: Path) -> str:
-        """Put the batches together as the step: table, rejected rows and a manifest of the totals."""
-        records = state["batches"]
-        rows_in = None if any(r["rows_in"] is None for r in records) else sum(r["rows_in"] for r in records)
-        reasons: dict[str, int] = {}
-        columns: list[str] = []
-        columns_in: set[str] = set()
-        for r in records:
-            for reason, n in r["rejected_reasons"].items():
-                reasons[reason] = reasons.get(reason, 0) + n
-            columns += [c for c in r["columns"] if c not in columns]
-            columns_in.update(r["columns_in"])
-        rows_rejected = sum(r["rows_rejected"] for r in records)
-        meta = {
-            **last.manifest,
-            "rows_in": rows_in,
-            "rows_out": sum(r["rows_out"] for r in records),
-            "rows_rejected": rows_rejected,
-            "rejected_reasons": reasons,
-            "seconds": round(sum(r["seconds"] for r in records), 4),
-            "columns": columns,
-            "new_columns": [c for c in columns if c not in columns_in],
-            "rejected_file": self.rejected_path(last.step).name if rows_rejected else None,
-            "batch_size": state["batch_size"],
-            "batches": len(records),
-        }
-        whole = PendingStep(
-            last.step,
-            pd.DataFrame(),
-            pd.DataFrame(),
-            meta,
-            rows_in,
-            missing=sum(r["missing"] for r in records),
-            missing_before=sum(r["missing_before"] for r in records),
-            image_key=last.image_key,
-            examples=next((r["examples"] for r in records if r["examples"]), []),
-        )
-        self.check_images_found(whole)
-        parts = [folder / _part(i, self.cache_type) for i in range(len(records))]
-        rejected = [p for p in (folder / _part(i, "rejected.jsonl") for i in range(len(records))) if p.is_file()]
-        if self.cache_type == "jsonl":
-
-            def write_data(tmp: str) -> None:
-                concat_bytes(parts, tmp)
-        else:
-
-            def write_data(tmp: str) -> None:
-                concat_tables(parts, self.cache_type, tmp, columns)
-
-        path = self.commit(whole, write_data, lambda tmp: concat_bytes(rejected, tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        return path
-
-
-def _part(index: int, ext: str) -> str:
-    return f"batch{index:06d}.{ext}"
-
-
-def _batch_record(pending: PendingStep, columns_in: list) -> dict:
-    """What the manifest of the whole step needs from one batch."""
-    meta = pending.manifest
-    return {
-        "rows_in": pending.rows_in,
-        "rows_out": meta["rows_out"],
-        "rows_rejected": meta["rows_rejected"],
-        "rejected_reasons": meta["rejected_reasons"],
-        "seconds": meta["seconds"],
-        "columns": [str(c) for c in meta["columns"]],
-        "columns_in": [str(c) for c in columns_in],
-        "missing": pending.missing,
-        "missing_before": pending.missing_before,
-        "examples": [v for v in pending.examples if isinstance(v, str)],
-    }
-
-
-def _file_state(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ("absent",)
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class StreamBatchedFileStorage(BatchedFileStorage):
@@ -508,7 +217,7 @@ class StreamBatchedFileStorage(BatchedFileStorage):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._current_streaming_chunk: pd.DataFrame | None = None
+        self._current_streaming_chunk = None
 
 
 # ---------------------------------------------------------------- DummyStorage

@@ -16,6 +16,7 @@ import pandas as pd
 
 from dataflow.storage.atomic import atomic_path
 from dataflow.storage.base import DataFlowStorage
+from dataflow.storage.chunks import DEFAULT_CHUNK_ROWS, ChunkedSteps, check_chunk_rows
 from dataflow.storage.formats import check_cache_type, read_columns, read_table, write_table
 from dataflow.storage.image_paths import (
     MISSING,
@@ -40,6 +41,7 @@ from dataflow.storage.manifest import (
     write_manifest,
 )
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns
+from dataflow.storage.score_cache import ScoreCache, cache_location, open_cache
 
 __all__ = ["CallInfo", "FileStorage", "PendingStep", "StepOrderError", "StorageError", "UnsupportedDataError"]
 
@@ -86,7 +88,7 @@ class PendingStep:
     examples: list = field(default_factory=list)  # a few files the image column names, for the error message
 
 
-class FileStorage(DataFlowStorage):
+class FileStorage(ChunkedSteps, DataFlowStorage):
     """Step-by-step storage of a DataFrame on disk, mirroring DataFlow's ``FileStorage``.
 
     Step 0 is ``first_entry_file_name`` (a jsonl/json/csv/parquet/xlsx file, a folder of images, or ``""``
@@ -94,6 +96,12 @@ class FileStorage(DataFlowStorage):
     ``<cache_path>/<file_name_prefix>_step<N>.<cache_type>``. ``step()`` moves to the next step; ``read()``
     reads the current one and ``write()`` writes the next, atomically, with a manifest. A folder input
     lists its subfolders' images too unless ``recursive=False``.
+
+    In a pipeline, each row-wise operator call runs over ``chunk_rows`` rows at a time, and each finished
+    chunk is kept on disk, so a step killed half way resumes after its last chunk and memory stays that
+    of a chunk (:mod:`dataflow.storage.chunks`); ``chunk_rows=None`` runs every call over the whole step.
+    Evaluators keep what they computed per image in ``<cache_path>/scores.sqlite`` and a rerun serves those
+    rows from it (:mod:`dataflow.storage.score_cache`); ``score_cache=False`` keeps none, a folder shares one.
     """
 
     def __init__(
@@ -106,8 +114,12 @@ class FileStorage(DataFlowStorage):
         image_key: str = "image",
         skip_malformed_rows: bool = False,
         recursive: bool = True,
+        chunk_rows: int | str | None = DEFAULT_CHUNK_ROWS,
+        score_cache: bool | str | os.PathLike = True,
     ):
         self.first_entry_file_name = os.fspath(first_entry_file_name)
+        self.chunk_rows = check_chunk_rows(chunk_rows)
+        self.score_cache_setting = score_cache
         self.cache_path = os.fspath(cache_path)
         self.file_name_prefix = file_name_prefix
         self.cache_type = check_cache_type(cache_type)
@@ -185,6 +197,10 @@ class FileStorage(DataFlowStorage):
     def manifest(self, step: int) -> dict | None:
         return read_manifest(self.manifest_path(step))
 
+    def score_cache(self) -> ScoreCache | None:
+        """This storage's score cache (None when it keeps none), opened once per process and location."""
+        return open_cache(cache_location(self.score_cache_setting, self.cache_path))
+
     def step_fingerprint(self, step: int) -> str | None:
         """Fingerprint of the data at ``step``: the input's for step 0, the manifest's after."""
         if step == 0:
@@ -234,6 +250,11 @@ class FileStorage(DataFlowStorage):
         return self._read_dicts
 
     def _read_step(self, step: int) -> pd.DataFrame:
+        if self.batch_size is not None or self._current_streaming_chunk is not None:
+            return self._read_chunk(step)
+        return self._read_whole(step)
+
+    def _read_whole(self, step: int) -> pd.DataFrame:
         self._malformed = []
         # What the step is about to see, fingerprinted before it is read: an input that changes during
         # the step (rows appended) then no longer matches, and the next run redoes the step.
@@ -320,7 +341,10 @@ class FileStorage(DataFlowStorage):
         with reason ``filtered_by_<Operator>``. Raises ``StorageError`` if rows in != rows out + rows
         rejected otherwise, ``UnsupportedDataError`` (a ``ValueError``, as DataFlow's) for data that is not
         a DataFrame or a list of dicts, and ``ImagesNotFoundError`` when the call found none of its images.
+        While a chunk of the step runs (``batch_size`` set), it adds that chunk; the last one writes the step.
         """
+        if self.batch_size is not None:
+            return self._write_chunk(data, rejected)
         return self.commit(self.prepare_write(data, rejected))
 
     def prepare_write(
