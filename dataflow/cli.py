@@ -167,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--json", action="store_true", help="print the export manifest as JSON")
     exp.set_defaults(func=cmd_export)
+
+    sc = sub.add_parser(
+        "score-cache",
+        help="show (or --clear) the score cache of a cache folder: per-image results of evaluators and dedup "
+        "hashes that reruns serve instead of computing",
+    )
+    sc.add_argument("cache_dir", help="the pipeline's cache folder (or the folder given as score_cache=)")
+    sc.add_argument("--clear", action="store_true", help="remove every entry")
+    sc.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sc.set_defaults(func=cmd_score_cache)
     return p
 
 
@@ -534,6 +544,28 @@ def cmd_export(args) -> int:
     )
     if result.failures:
         print(f"skipped {len(result.failures)} rows whose image cannot be read (see {result.manifest_path})")
+    return 0
+
+
+def cmd_score_cache(args) -> int:
+    from dataflow.storage.score_cache import ENV, FILE_NAME, ScoreCache
+
+    path = Path(args.cache_dir) / FILE_NAME
+    if not path.is_file():
+        raise _UserError(f"no score cache in {args.cache_dir} (no {FILE_NAME}; {ENV} may put it elsewhere)")
+    cache = ScoreCache(path)
+    if args.clear:
+        cache.clear()
+    figures = cache.stats()
+    cache.close()
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    what = "cleared: " if args.clear else ""
+    print(
+        f"{what}{figures['path']}: {figures['entries']} results of {figures['files']} files, "
+        f"{figures['bytes'] / 1e6:.1f} MB of at most {figures['limit'] / 1e6:.0f} MB"
+    )
     return 0
 
 

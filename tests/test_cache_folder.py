@@ -55,10 +55,17 @@ def test_format_steps_table(tmp_path):
         manifest(1, "ImageMetadataEvaluator", rows_rejected=0, rows_out=10, new_columns=["width", "height"]),
     )
     write(tmp_path, "p_step2.meta.json", manifest(2, seconds=12.5))
+    write(
+        tmp_path,
+        "p_step3.meta.json",
+        manifest(3, "ImageQualityEvaluator", rows_in=8, rows_out=8, rows_rejected=0, new_columns=["sharpness"])
+        | {"notes": {"score_cache": {"hits": 6, "computed": 2}}},
+    )
     assert format_steps(str(tmp_path), "p").splitlines() == [
-        "step  operator                in  out  rejected  seconds  new columns",
-        "1     ImageMetadataEvaluator  10  10   0         0.12     width, height",
-        "2     ScoreRangeFilter        10  8    2         12.50    -",
+        "step  operator                in  out  rejected  seconds  from cache  new columns",
+        "1     ImageMetadataEvaluator  10  10   0         0.12     -           width, height",
+        "2     ScoreRangeFilter        10  8    2         12.50    -           -",
+        "3     ImageQualityEvaluator   8   8    0         0.12     6           sharpness",
     ]
 
 

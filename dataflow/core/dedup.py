@@ -32,6 +32,7 @@ from dataflow.algorithms.grouping import DuplicateGroups, group_duplicates, keep
 from dataflow.core.images import concat_rejected, rejected_unreadable
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
+from dataflow.core.score_cache import cached_rows
 from dataflow.log import get_logger
 from dataflow.media import DEFAULT_MAX_PIXELS, image_info
 from dataflow.storage.provenance import PROVENANCE_COLUMNS, keep_user_columns, row_name
@@ -309,6 +310,18 @@ class DedupFilter(OperatorABC):
     score_key: ClassVar[str | None] = None
     group_key: ClassVar[str | None] = "output_group_key"
     cli_methods: ClassVar[tuple[str, ...]] = ()
+    # A subclass whose keys are worth keeping (hashes, vectors of decoded images) sets cache_rows = True: a
+    # rerun with another threshold or keep policy then reads them from the score cache instead of the images.
+    cache_rows: ClassVar[bool] = False
+    cache_ignores: ClassVar[tuple[str, ...]] = (
+        "keep",
+        "transitive",
+        "rule",
+        "max_distance",
+        "threshold",
+        "search",
+        "num_workers",
+    )
     keep: str = "first"
     transitive: bool = True
     candidates: Candidates | None = None  # the last local run's, for duplicates_map()
@@ -497,7 +510,7 @@ class DedupFilter(OperatorABC):
     def deduplicate(self, storage, **keys) -> list[str]:
         """All three phases over the whole step, then one write of kept and rejected rows."""
         df = storage.read("dataframe")
-        results = self.row_keys(df, storage.image_base, keys)
+        results = cached_rows(self, storage, df, keys, lambda rows: self.row_keys(rows, storage.image_base, keys))
         readable, unreadable = rejected_unreadable(df, results)
         good = df[readable.to_numpy()]
         values = self.stack_keys([r.value for r in results if r.error is None])

@@ -16,6 +16,7 @@ import pandas as pd
 from dataflow.core.images import ERROR_COLUMN, ERROR_DETAIL_COLUMN, details_of, errors_of, image_column
 from dataflow.core.operator import OperatorABC
 from dataflow.core.parallel import ItemResult, map_items
+from dataflow.core.score_cache import cached_rows
 
 
 class ImageEvaluator(OperatorABC):
@@ -28,7 +29,9 @@ class ImageEvaluator(OperatorABC):
     values (ints, text, lists, None); the others are float64 with NaN where there is no score.
     ``renames`` maps a score column to the run key that renames it (``{"embedding": "output_embedding_key"}``).
     Evaluators whose work is not one image at a time (a model over batches, a text column too) override
-    :meth:`score_rows` instead of :meth:`score`.
+    :meth:`score_rows` instead of :meth:`score`. A row's scores are kept in the storage's score cache by the
+    image's content, the other columns the call reads and the operator's parameters (less ``cache_ignores``);
+    an evaluator cheaper than that lookup (header facts) sets ``cache_rows = False``.
     """
 
     execution = "rowwise"
@@ -38,6 +41,8 @@ class ImageEvaluator(OperatorABC):
     renames: ClassVar[dict[str, str]] = {}
     progress_desc: ClassVar[str] = ""
     writes_image_error: ClassVar[bool] = True
+    cache_rows: ClassVar[bool] = True  # rows served from the storage's score cache (dataflow.core.score_cache)
+    cache_ignores: ClassVar[tuple[str, ...]] = ("num_workers",)
     num_workers: int | None = None
 
     def score(self, source, base_dir: str | None) -> dict:
@@ -70,7 +75,7 @@ class ImageEvaluator(OperatorABC):
     def evaluate(self, storage, **keys) -> list[str]:
         """Read, score every row, add the columns, write; returns the columns written."""
         df = storage.read("dataframe")
-        results = self.score_rows(df, storage.image_base, keys)
+        results = cached_rows(self, storage, df, keys, lambda rows: self.score_rows(rows, storage.image_base, keys))
         rows = [r.value if r.error is None and r.value is not None else {} for r in results]
         for column, target in self.column_names(keys).items():
             values = [row.get(column) for row in rows]

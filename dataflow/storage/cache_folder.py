@@ -95,11 +95,12 @@ def _warn(path: Path, problem: str, *, skipped: bool = True) -> None:
 
 
 def format_steps(cache_dir: str | os.PathLike, prefix: str, max_step: int | None = None) -> str:
-    """The per-step table: operator, rows in / out / rejected, seconds, new columns (steps up to ``max_step``)."""
+    """The per-step table: operator, rows in / out / rejected, seconds, rows served from the score cache, new
+    columns (steps up to ``max_step``)."""
     manifests = load_manifests(Path(cache_dir), prefix)
     if max_step is not None:
         manifests = {s: m for s, m in manifests.items() if s <= max_step}
-    header = ("step", "operator", "in", "out", "rejected", "seconds", "new columns")
+    header = ("step", "operator", "in", "out", "rejected", "seconds", "from cache", "new columns")
     rows = [
         (
             str(s),
@@ -108,6 +109,7 @@ def format_steps(cache_dir: str | os.PathLike, prefix: str, max_step: int | None
             _cell(m.get("rows_out")),
             _cell(m.get("rows_rejected")),
             f"{m['seconds']:.2f}" if isinstance(m.get("seconds"), (int, float)) else "-",
+            _cached(m),
             ", ".join(map(str, m.get("new_columns") or [])) or "-",
         )
         for s, m in manifests.items()
@@ -115,6 +117,14 @@ def format_steps(cache_dir: str | os.PathLike, prefix: str, max_step: int | None
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
+
+
+def _cached(manifest: dict) -> str:
+    """How many rows a step served from the score cache (``notes.score_cache``), "-" for a step that keeps none."""
+    notes = manifest.get("notes")
+    counts = notes.get("score_cache") if isinstance(notes, dict) else None
+    hits = counts.get("hits") if isinstance(counts, dict) else None
+    return str(hits) if isinstance(hits, int) else "-"
 
 
 def _cell(value) -> str:

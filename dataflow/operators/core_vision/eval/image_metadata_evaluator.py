@@ -31,6 +31,7 @@ class ImageMetadataEvaluator(ImageEvaluator):
     columns = METADATA_COLUMNS
     object_columns = frozenset(METADATA_COLUMNS)
     progress_desc = "metadata"
+    cache_rows = False  # a header read costs less than the lookup
 
     example = Example.on_example_data(
         "ImageMetadataEvaluator",

@@ -136,6 +136,7 @@ class ImageDeduplicateFilter(DedupFilter):
         "基于 CLIP 图像嵌入余弦相似度去除近似重复图像（分块搜索、保留模型、不丢弃坏图、记录真实最大相似度）。"
     )
     search = "cosine"
+    cache_rows = True
     weight_name = "similarity"
     score_key = "output_score_key"
     loads_model = True

@@ -56,6 +56,7 @@ class ImageExactDeduplicateFilter(DedupFilter):
     )
     description_zh = "按文件字节或解码后像素的哈希去除完全重复的图像，保留每组第一张（或按 keep 指定的列）。"
     search = "exact"
+    cache_rows = True
     reason = "exact_duplicate"
     group_key = None
 

@@ -57,6 +57,7 @@ class ImageHashDeduplicateFilter(DedupFilter):
     description = "Drops near-duplicate images within a Hamming radius of their perceptual hash (multi-index search)."
     description_zh = "按感知哈希的汉明距离（多索引分块搜索）去除近似重复图像，支持传递/非传递分组与保留策略。"
     search = "hamming"
+    cache_rows = True
     weight_name = "distance"
     cli_command = "dedup"
     cli_methods = tuple(sorted(HASH_METHODS))

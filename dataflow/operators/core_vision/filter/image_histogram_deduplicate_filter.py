@@ -58,6 +58,7 @@ class ImageHistogramDeduplicateFilter(DedupFilter):
     )
     description_zh = "按颜色直方图相似度（分块搜索，无 N×N 矩阵）去除近似重复图像，可发现镜像、裁剪等哈希漏掉的重复。"
     search = "cosine"
+    cache_rows = True
     weight_name = "similarity"
     score_key = "output_score_key"
     thresholds = (Threshold("threshold", "output_score_key", "dup", default="max_similarity"),)
