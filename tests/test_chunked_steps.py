@@ -242,3 +242,18 @@ def test_parquet_chunks_continue_one_scan_of_the_file(tmp_path):
         assert parquet_rows(path, start, count)[0]["i"].tolist() == list(range(start, min(100, start + count)))
     df, again = parquet_rows(path, 10, 5)
     assert parquet_rows(path, 15, 5, again)[1] is again  # the next chunk continues the same scan
+
+
+def test_a_config_sets_the_chunk_size(tmp_path, photos):
+    from dataflow.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"storage: {{first_entry_file_name: {photos}, cache_path: {tmp_path / 'cache'}, chunk_rows: 4}}\n"
+        "steps:\n  - {operator: ImageAspectRatioFilter, run: {input_image_key: image}}\n"
+    )
+    assert main(["run", str(cfg)]) == 0
+    meta = json.loads(next((tmp_path / "cache").glob("*_step1.meta.json")).read_text())
+    assert (meta["batch_size"], meta["batches"], meta["rows_in"]) == (4, 3, 12)
+    cfg.write_text(cfg.read_text().replace("chunk_rows: 4", "chunk_rows: 0"))
+    assert main(["run", str(cfg)]) == 2  # one clear line, exit 2
