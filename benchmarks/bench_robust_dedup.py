@@ -1,6 +1,7 @@
 """Robust (verified) dedup against the default pHash dedup: cost per image and growth from 5k to 20k+ images.
 
     python benchmarks/bench_robust_dedup.py [--sizes 5000,10000,20000] [--out /tmp/bench_robust] [--workers 2]
+        [--content tiles|synthetic]
 
 Each set is synthesised from public photos in ../shared/data: the COCO photos, the 6 MP JPEGs, the
 same-scene photos and imagededup's UKBench photos are cut into 128 x 96 tiles at their own pixels (no two
@@ -10,6 +11,11 @@ planted copies of some of them (the kinds of nd_variants.py: crops to 60%, capti
 screenshot frames, overlays, logos, small rotations, recompression, resizes), most alone, some in pairs or
 triples, and one cluster of 30.
 The sets are nested (a smaller set is a prefix of the larger one's groups), so only the size changes.
+
+The photos make 14,856 pixel-disjoint mosaics, enough for about 19,000 rows. For larger sets, ``--content
+synthetic`` makes every distinct image (at every size of the run) synthetic instead: a random
+colour field whose spectrum falls as 1/f (the statistics of natural images) with a dozen flat occluding
+shapes, a fresh random draw per image (no two share pixels), and the same planted copies.
 
 For every size, ImageHashDeduplicateFilter (defaults: pHash, distance 10) and ImageRobustDeduplicateFilter
 (defaults) run on the same manifest, each in a fresh process through FileStorage; the script first checks
@@ -57,6 +63,17 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _peak_mb() -> float:
+    """This process's own peak resident memory (VmHWM: ru_maxrss would also count the launching process's,
+    which the exec inherits)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(method: str, manifest: str, cache: str, workers: int) -> dict:
     """One operator over the manifest through FileStorage (imports before the clock starts)."""
     sys.path.insert(0, str(REPO))
@@ -84,7 +101,8 @@ def child(method: str, manifest: str, cache: str, workers: int) -> dict:
         "reasons": meta.get("rejected_reasons", {}),
         "stats": getattr(op, "stats", {}),
         "cache": cache,
-        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_main_mb": _peak_mb(),
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # the largest worker
     }
 
 
@@ -172,31 +190,90 @@ def make_groups(n: int, seed: int = 0) -> list[list[str]]:
     return groups
 
 
-def write_set(n: int, out: Path, seed: int = 0) -> list[dict]:
-    """Write the images of the largest set (once) and return its rows with their ground truth."""
+_LOG_FREQUENCY = np.log(  # of the half-size field (generating it at 128 x 96 is 4x cheaper; ~2 ms an image)
+    np.maximum(np.hypot(np.fft.fftfreq(TILE[1])[:, None], np.fft.fftfreq(TILE[0])[None, :]), 1e-9)
+)
+
+
+def synthetic_image(g: int, seed: int = 0):
+    """Distinct image ``g`` without photos: a 256 x 192 colour field with a 1/f amplitude spectrum (random
+    phases, made at half size and enlarged; the channels mix two such fields), light pixel noise, and 8-20
+    flat ellipses and rectangles over it (sharp edges and corners for the keypoints). A fresh random draw
+    per ``g``, so no two share pixels."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, g])
+    amplitude = np.exp(-rng.uniform(1.0, 1.4) * _LOG_FREQUENCY)
+    amplitude[0, 0] = 0.0
+    # complex Gaussian noise shaped by the spectrum: the inverse FFT's real and imaginary parts are two
+    # independent fields (one FFT for both)
+    noise = rng.standard_normal((2, *amplitude.shape), dtype=np.float32)
+    both = np.fft.ifft2(amplitude * (noise[0] + 1j * noise[1]))
+    fields = np.stack([both.real, both.imag], axis=-1).astype(np.float32) / both.real.std()
+    mix = (rng.normal(size=(2, 3)) * [[1.0], [0.5]] * rng.uniform(30, 60)).astype(np.float32)
+    w, h = 2 * TILE[0], 2 * TILE[1]
+    field = cv2.resize(fields @ mix, (w, h), interpolation=cv2.INTER_CUBIC)
+    field += rng.uniform(60, 190, 3).astype(np.float32) + 3 * rng.standard_normal((h, w, 3), dtype=np.float32)
+    img = np.clip(field, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(8, 21))):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(6, 50))
+        if rng.random() < 0.5:
+            axes = (r, int(r * rng.uniform(0.3, 1)) + 2)
+            cv2.ellipse(img, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (x, y), (x + r, y + int(r * rng.uniform(0.3, 1.5))), colour, -1, cv2.LINE_AA)
+    return Image.fromarray(img)
+
+
+def _write_groups(task: tuple) -> None:
+    """Write the images of some groups into ``folder`` (a worker's share of :func:`write_set`)."""
     from nd_variants import variant
 
-    tiles = cut_tiles(out)
-    bank = [(i, m, g) for i in range(len(tiles)) for m in (False, True) for g in (False, True)]
-    random.Random(seed).shuffle(bank)
-    groups = make_groups(n, seed)
-    if 4 * len(groups) > len(bank):
-        raise ValueError(f"{n} rows need {len(groups)} distinct images; the tiles make {len(bank) // 4}")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for g, members in enumerate(groups):
+    folder, content, seed, groups = task
+    tiles = bank = None
+    if content == "tiles":
+        tiles = cut_tiles(folder.parent)
+        bank = _bank(len(tiles), seed)
+    for g, members in groups:
         base = None
         for k, kind in enumerate(members):
-            name = f"g{g:06d}_{k:02d}_{kind}.jpg"
-            rows.append({"image": name, "source": g, "transform": kind})
-            target = out / "images" / name
+            target = folder / f"g{g:06d}_{k:02d}_{kind}.jpg"
             if target.exists():
                 continue
             if base is None:
-                base = distinct_image(tiles, bank, g)
+                base = distinct_image(tiles, bank, g) if content == "tiles" else synthetic_image(g, seed)
             img = base if kind == "original" else variant(kind, base, f"{g}-{k}")
             img.save(target, quality=30 if kind == "jpeg_q30" else 90)
-    return rows
+
+
+def _bank(n_tiles: int, seed: int) -> list[tuple[int, bool, bool]]:
+    """The (tile, mirrored, negated) entries in their shuffled order: distinct image g takes 4g .. 4g+3."""
+    bank = [(i, m, g) for i in range(n_tiles) for m in (False, True) for g in (False, True)]
+    random.Random(seed).shuffle(bank)
+    return bank
+
+
+def write_set(n: int, out: Path, seed: int = 0, content: str = "tiles", workers: int = 2) -> list[dict]:
+    """Write the images of the largest set (once, in ``workers`` processes) and return its rows with their
+    ground truth (``image`` relative to ``out``). ``content``: ``"tiles"`` (photo mosaics, under
+    ``out/images``) or ``"synthetic"`` (under ``out/synthetic``)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    groups = make_groups(n, seed)
+    if content == "tiles" and len(groups) > (available := len(cut_tiles(out))):
+        raise ValueError(f"{n} rows need {len(groups)} distinct images; the tiles make {available}")
+    folder = out / ("images" if content == "tiles" else "synthetic")
+    folder.mkdir(parents=True, exist_ok=True)
+    numbered = list(enumerate(groups))
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_groups, [(folder, content, seed, numbered[i::workers]) for i in range(workers)]))
+    return [
+        {"image": f"{folder.name}/g{g:06d}_{k:02d}_{kind}.jpg", "source": g, "transform": kind}
+        for g, members in numbered
+        for k, kind in enumerate(members)
+    ]
 
 
 def evaluate(rows: list[dict], labels: np.ndarray) -> tuple[float, float]:
@@ -217,6 +294,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,10000,20000")
     parser.add_argument("--out", default="/tmp/bench_robust")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--content", choices=("tiles", "synthetic"), default="tiles", help="distinct images")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -226,17 +304,19 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     out = Path(args.out)
     clock = time.perf_counter()
-    everything = write_set(sizes[-1], out)
-    print(f"{len(everything)} images written or found in {out / 'images'} ({time.perf_counter() - clock:.0f} s)")
+    everything = write_set(sizes[-1], out, content=args.content, workers=args.workers)
+    where = out / ("images" if args.content == "tiles" else "synthetic")
+    print(f"{len(everything)} images written or found in {where} ({time.perf_counter() - clock:.0f} s)")
     print(
         f"machine: {len(os.sched_getaffinity(0))} usable cores, load average {os.getloadavg()[0]:.1f}; "
         f"{args.workers} workers\n"
     )
     print(
         "| images | pHash ms/img | robust ms/img | ratio | candidates/img (local + hash) | verifications/img "
-        "| pHash recall / precision | robust recall / precision | robust wall s | robust peak MB |"
+        "| pHash recall / precision | robust recall / precision | robust wall s | robust peak MB (main / worker) "
+        "| load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     groups_in = {}
     for r in everything:
         groups_in.setdefault(r["source"], []).append(r)
@@ -249,13 +329,16 @@ def main() -> None:
             taken += len(members)
         shuffled = rows[:]
         random.Random(size).shuffle(shuffled)
-        manifest = out / f"set_{size}.jsonl"
-        manifest.write_text("".join(json.dumps({"image": f"images/{r['image']}"}) + "\n" for r in shuffled))
-        runs = {m: run_operator(m, manifest, out / f"cache_{size}_{m}", args.workers) for m in ("phash", "robust")}
+        manifest = out / f"set_{args.content}_{size}.jsonl"
+        manifest.write_text("".join(json.dumps({"image": r["image"]}) + "\n" for r in shuffled))
+        runs = {
+            m: run_operator(m, manifest, out / f"cache_{args.content}_{size}_{m}", args.workers)
+            for m in ("phash", "robust")
+        }
         for m, res in runs.items():
             if res["rows_in"] != len(rows) or res["rows_in"] != res["rows_out"] + res["rows_rejected"]:
                 raise RuntimeError(f"{m} at {size}: rows do not add up: {res}")
-        images = [f"images/{r['image']}" for r in shuffled]
+        images = [r["image"] for r in shuffled]
         per = {m: 1000 * res["cpu_seconds"] / res["rows_in"] for m, res in runs.items()}
         quality = {m: evaluate(shuffled, group_labels(images, res["cache"])) for m, res in runs.items()}
         st = runs["robust"]["stats"]
@@ -265,7 +348,8 @@ def main() -> None:
             f"| {st.get('verifications', 0) / len(rows):.2f} "
             f"| {quality['phash'][0]:.3f} / {quality['phash'][1]:.3f} "
             f"| {quality['robust'][0]:.3f} / {quality['robust'][1]:.3f} "
-            f"| {runs['robust']['seconds']:.0f} | {runs['robust']['rss_main_mb']:.0f} |",
+            f"| {runs['robust']['seconds']:.0f} | {runs['robust']['rss_main_mb']:.0f} / "
+            f"{runs['robust']['rss_worker_mb']:.0f} | {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")

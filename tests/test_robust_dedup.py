@@ -325,6 +325,25 @@ def test_local_hashes_are_tagged_slices_of_descriptor_bits():
         assert set(lf.local_hashes(descriptors, width, tables).tolist()) == expected
 
 
+def test_spread_takes_every_cells_strongest_before_any_cells_second():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, [320, 240], (300, 2)).astype(np.float32)
+    xy[:150] = rng.uniform(0, [40, 30], (150, 2))  # half the keypoints crowd one corner cell (a logo)
+    response = rng.random(300).astype(np.float32)
+    response[:150] += 1.0  # ... and are the strongest
+    chosen = lf._spread(xy, response, (320, 240), 100, 8)
+    # reference: round by round, in each round the cells' next strongest, stronger first
+    cell = np.minimum((xy[:, 1] * 8 / 240).astype(int), 7) * 8 + np.minimum((xy[:, 0] * 8 / 320).astype(int), 7)
+    queues = {c: sorted(np.flatnonzero(cell == c), key=lambda i: -response[i]) for c in set(cell.tolist())}
+    expected, depth = [], 0
+    while len(expected) < 100:
+        layer = [q[depth] for q in queues.values() if len(q) > depth]
+        expected += sorted(layer, key=lambda i: (-response[i], i))
+        depth += 1
+    assert chosen.tolist() == expected[:100]
+    assert (cell[chosen] == 0).sum() < 10  # the crowded corner does not take the budget
+
+
 def test_shared_key_pairs_count_like_brute_force():
     rng = np.random.default_rng(2)
     keys = [np.unique(rng.integers(0, 60, rng.integers(5, 25))).astype(np.uint64) for _ in range(40)]
