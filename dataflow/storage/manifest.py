@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,15 +152,17 @@ def path_fingerprint(path: str | os.PathLike, image_key: str | None = None, *, r
     return fingerprint("file", *key[:2], _files_digest(_NAMED_IMAGES[key]))
 
 
-def _files_digest(files: list[str]) -> str:
-    """One hash of every file's path and stat key (a table may name ten million: no per-item recursion)."""
+def _files_digest(blocks: list[bytes]) -> str:
+    """One hash of every named file's path and stat key, a block of paths at a time."""
     digest = hashlib.sha256()
-    for start in range(0, len(files), 65536):
-        digest.update("".join(f"{p}\0{stat_key(p)}\n" for p in files[start : start + 65536]).encode())
+    for block in blocks:
+        digest.update(b"".join(b"%s\0%s\n" % (p, str(stat_key(p)).encode()) for p in block.split(b"\0")))
     return digest.hexdigest()
 
 
-_NAMED_IMAGES: dict[tuple, list[str]] = {}  # the image files a table names, per state of the table
+# The image files a table names (for the state of the table it was read from), as blocks of NUL-separated
+# paths (a path holds any byte but NUL): ten million paths are ~0.4 GB this way, ~1 GB as Python strings.
+_NAMED_IMAGES: dict[tuple, list[bytes]] = {}
 
 
 def _is_webdataset(path: Path, text: str) -> bool:
@@ -188,7 +191,7 @@ def stat_key(path: str | os.PathLike) -> tuple:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def _parquet_image_values(path: Path, image_key: str) -> list:
+def _parquet_image_values(path: Path, image_key: str) -> Iterator[list]:
     """The strings a Parquet input's image column holds, a batch at a time; embedded images (which live in
     the shard, covered by its own stat) are skipped without turning their bytes into Python objects."""
     import pyarrow as pa
@@ -197,9 +200,8 @@ def _parquet_image_values(path: Path, image_key: str) -> list:
 
     schema = pq.read_schema(path)
     if image_key not in schema.names:
-        return []
-    values: list = []
-    for batch in pq.ParquetFile(path).iter_batches(columns=[image_key], batch_size=4096):
+        return
+    for batch in pq.ParquetFile(path).iter_batches(columns=[image_key], batch_size=NAMED_BATCH):
         col = batch.column(0)
         if pa.types.is_struct(col.type):
             if col.type.get_field_index("path") < 0:
@@ -208,31 +210,57 @@ def _parquet_image_values(path: Path, image_key: str) -> list:
             col = paths.filter(pc.is_null(col.field("bytes"))) if col.type.get_field_index("bytes") >= 0 else paths
         elif not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             continue  # raw bytes, numbers: nothing is named
-        values += col.to_pylist()
-    return values
+        yield col.to_pylist()
 
 
-def _referenced_images(path: Path, image_key: str) -> list[str]:
-    """The local image files ``image_key`` names in a table input, resolved like the loader does."""
+def _jsonl_image_values(path: Path, image_key: str) -> Iterator[list]:
+    """The values of ``image_key`` in a JSON lines input, a batch of lines at a time (no frame is built)."""
+    import orjson
+
+    with open(path, "rb") as fh:
+        while lines := fh.readlines(NAMED_BATCH * 64):
+            values = []
+            for line in lines:
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:  # blank or malformed: read() judges it
+                    continue
+                if isinstance(row, dict):
+                    values.append(row.get(image_key))
+            yield values
+
+
+NAMED_BATCH = 65536
+
+
+def _referenced_images(path: Path, image_key: str) -> list[bytes]:
+    """The local image files ``image_key`` names in a table input, resolved like the loader does, as blocks
+    of NUL-separated paths in row order (each block's repeats left out)."""
     from dataflow.storage.formats import read_table
     from dataflow.storage.inputs import input_kind
 
     try:
         kind = input_kind(path)
         if kind == "parquet":
-            values = _parquet_image_values(path, image_key)
+            batches = _parquet_image_values(path, image_key)
+        elif kind == "jsonl":
+            batches = _jsonl_image_values(path, image_key)
         else:
             df = read_table(path, kind, skip_malformed=True)[0]
-            values = df[image_key].tolist() if image_key in df.columns else []
+            batches = iter([df[image_key].tolist() if image_key in df.columns else []])
+        return [block for block in (_named_block(values, str(path.resolve().parent)) for values in batches) if block]
     except Exception:  # an unreadable input fails in read() with its own clear error; the stat above counts
         return []
-    base = str(path.resolve().parent)
+
+
+def _named_block(values: list, base: str) -> bytes:
     named = (v.get("path") if isinstance(v, dict) and not v.get("bytes") else v for v in values)
     # The loader's resolve_path, on strings: pathlib costs ~10 us a row, a minute for ten million.
     join, normpath, expand = os.path.join, os.path.normpath, os.path.expanduser
-    files = {normpath(join(base, expand(v))) for v in named if isinstance(v, str) and v and "://" not in v}
+    files = dict.fromkeys(normpath(join(base, expand(v))) for v in named if isinstance(v, str) and v and "://" not in v)
     # A reference into a container ("x.tar#member", "x.parquet#row=3&column=image") changes with its container.
-    return sorted({f if "#" not in f or os.path.exists(f) else f.rpartition("#")[0] for f in files})
+    files = dict.fromkeys(f if "#" not in f or os.path.exists(f) else f.rpartition("#")[0] for f in files)
+    return "\0".join(files).encode("utf-8", "surrogateescape")
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:
