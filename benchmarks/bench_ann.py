@@ -16,18 +16,29 @@ Recall is measured the same way for every method: the exact pairs of 2,000 sampl
 against all N rows), and the share of them a method found. Every pair a method reports is checked to be
 at or above the threshold exactly (precision).
 
+Memory: ``VmHWM`` (peak resident set, memory-mapped file pages included while mapped) and the peak
+anonymous memory (``RssAnon``, sampled every 0.2 s: what the process itself allocated).
+
+``--memmap``: vectors larger than memory. Only ours runs on all N rows, memory-mapped, never loaded;
+the exact search runs on --exact-max rows (extrapolated as above) and faiss is left out (IndexIVFFlat
+holds every vector in memory: 20 GB at 10M x 512). The vector file (N x 2 KB) is deleted afterwards.
+
     .venv/bin/python benchmarks/bench_ann.py --n 1000000          # needs faiss-cpu for the faiss rows
+    .venv/bin/python benchmarks/bench_ann.py --n 10000000 --memmap --workdir /tmp
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +53,7 @@ def child(method: str, path: str, n: int, out: str, extra: dict) -> None:
     """One method, in this process; writes {seconds, peak_mb, pairs file} to ``out``."""
     from dataflow.algorithms.cosine_search import exact_similarity
 
+    anon = AnonPeak()
     vectors = np.load(path, mmap_mode="r")[:n]
     started = time.perf_counter()
     info: dict = {}
@@ -82,14 +94,38 @@ def child(method: str, path: str, n: int, out: str, extra: dict) -> None:
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = info.pop("seconds", None) or (time.perf_counter() - started - info.get("estimate_seconds", 0))
+    peak, anon_peak = peak_mb(), anon.stop()  # the method's, before the check below reads pairs' rows
     sims = exact_similarity(vectors, pairs[:, 0], pairs[:, 1]) if len(pairs) else np.empty(0, np.float32)
     precise = pairs[sims >= np.float32(THRESHOLD)]
     np.save(out + ".npy", precise)
-    peak = peak_mb()
     wrong = int(len(pairs) - len(precise))
-    Path(out).write_text(
-        json.dumps({"seconds": seconds, "peak_mb": peak, "pairs": len(precise), "wrong": wrong, **info})
-    )
+    record = {"seconds": seconds, "peak_mb": peak, "anon_mb": anon_peak, "pairs": len(precise), "wrong": wrong}
+    Path(out).write_text(json.dumps({**record, **info}))
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class AnonPeak:
+    """The highest ``RssAnon`` seen, sampled every 0.2 s on a thread (the kernel keeps no peak of it)."""
+
+    def __init__(self):
+        self.peak, self.done = status_mb("RssAnon"), threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.2):
+            self.peak = max(self.peak, status_mb("RssAnon"))
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, status_mb("RssAnon"))
 
 
 def peak_mb() -> float:
@@ -145,17 +181,34 @@ def main() -> None:
     parser.add_argument("--exact-max", type=int, default=200_000)
     parser.add_argument("--nprobe", default="1,2,3,4")
     parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--memmap", action="store_true", help="vectors larger than memory: ours on all rows only")
+    parser.add_argument("--workdir", default=None, help="where the vector file goes (N x 2 KB; deleted after)")
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_ann_", dir=args.workdir))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
     from dataflow.evaluation.synthetic import planted_embeddings
 
-    work = Path(tempfile.mkdtemp(prefix="bench_ann_"))
     path = work / "vectors.npy"
+    clock = time.perf_counter()
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(args.n, 512))
     planted_embeddings(args.n, 512, seed=0, out=mm)
     mm.flush()
+    del mm
+    made = time.perf_counter() - clock
     vectors = np.load(path, mmap_mode="r")
+    clock = time.perf_counter()
     sample_rows, truth = sampled_truth(vectors)
-    print(f"{args.n} x 512 vectors, threshold {THRESHOLD}; {truth.size} exact pairs touch the 2,000 sampled rows")
+    print(
+        f"{args.n} x 512 vectors ({path.stat().st_size / 2**30:.1f} GiB file, written in {made:.0f} s), threshold "
+        f"{THRESHOLD}; {truth.size} exact pairs touch the 2,000 sampled rows ({time.perf_counter() - clock:.0f} s)"
+    )
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min) before the runs", flush=True)
 
     rows = []
     exact_n = min(args.n, args.exact_max)
@@ -166,6 +219,7 @@ def main() -> None:
             "exact (every pair)",
             exact["seconds"] * scale,
             exact["peak_mb"],
+            exact["anon_mb"],
             1.0,
             exact["wrong"],
             "" if scale == 1 else f"measured {exact['seconds']:.1f} s at {exact_n} rows, x{scale:.0f} (quadratic)",
@@ -178,26 +232,49 @@ def main() -> None:
             "partitioned (ours)",
             ours["seconds"],
             ours["peak_mb"],
+            ours["anon_mb"],
             our_recall,
             ours["wrong"],
             f"{ours['partitions']} partitions, {ours['per_row']} per row; own estimate "
             f"{ours['own_estimate']:.4f} on {ours['own_estimate_pairs']} pairs (+{ours['estimate_seconds']:.1f} s)",
         )
     )
-    if not args.no_faiss:
+    if args.memmap:
+        print("faiss left out (--memmap): IndexIVFFlat keeps every vector in memory")
+    elif importlib.util.find_spec("faiss") is None:
+        print("faiss left out: faiss-cpu is not installed (pip install faiss-cpu for the baseline rows)")
+    elif not args.no_faiss:
         for nprobe in [int(p) for p in args.nprobe.split(",")]:
             f = run_child("faiss_ivf", path, args.n, work, lists=ours["partitions"], nprobe=nprobe)
             r = recall_on(truth, f["pairs_array"], args.n)
             rows.append(
-                (f"faiss IVFFlat nprobe={nprobe}", f["seconds"], f["peak_mb"], r, f["wrong"], f"{f['lists']} lists")
+                (
+                    f"faiss IVFFlat nprobe={nprobe}",
+                    f["seconds"],
+                    f["peak_mb"],
+                    f["anon_mb"],
+                    r,
+                    f["wrong"],
+                    f"{f['lists']} lists",
+                )
             )
             if r >= our_recall:
                 break
-    head = "| method | seconds | peak RSS MB | recall (sampled exact pairs) | pairs under the threshold | note |"
+    head = "| method | seconds | VmHWM MB | peak anon MB | recall (sampled) | pairs < threshold | note |"
     print("\n" + head)
-    print("|---|---|---|---|---|---|")
-    for name, sec, mb, rec, wrong, note in rows:
-        print(f"| {name} | {sec:.1f} | {mb:.0f} | {rec:.4f} | {wrong} | {note} |")
+    print("|---|---|---|---|---|---|---|")
+    for name, sec, mb, anon, rec, wrong, note in rows:
+        print(f"| {name} | {sec:.1f} | {mb:.0f} | {anon:.0f} | {rec:.4f} | {wrong} | {note} |")
+    if ours["wrong"]:
+        raise SystemExit(f"the partitioned search reported {ours['wrong']} pairs under the threshold")
+    print(f"\nexact / ours: {rows[0][1] / ours['seconds']:.0f}x the time (ours at recall {our_recall:.4f})")
+    reached = [r for r in rows[2:] if r[4] >= our_recall]
+    if reached:
+        ratio = reached[0][1] / ours["seconds"]
+        print(f"{reached[0][0]} (first to reach our recall) / ours: {ratio:.2f}x the time")
+    elif len(rows) > 2:
+        print(f"faiss reached at most recall {max(r[4] for r in rows[2:]):.4f} (ours {our_recall:.4f})")
+    print(f"load after the runs: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
 
 
 if __name__ == "__main__":

@@ -343,7 +343,8 @@ def test_a_batched_step_that_stops_resumes_at_its_next_batch(tmp_path):
     with pytest.raises(RuntimeError, match="went away"):
         first.forward(batch_size=5)
     parts = tmp_path / "cache" / "run_step1.batches"
-    assert sorted(p.name for p in parts.iterdir()) == [f"batch00000{i}.jsonl" for i in range(3)] + ["batches.jsonl", "state.json"]
+    expected = [f"batch00000{i}.jsonl" for i in range(3)] + ["batches.jsonl", "state.json"]
+    assert sorted(p.name for p in parts.iterdir()) == expected
     assert not (tmp_path / "cache" / "run_step1.jsonl").exists()
     calls.clear()
     pipeline().compile().forward(batch_size=5)  # resume_from_last=True, DataFlow's default

@@ -4,23 +4,33 @@ The exact search (:func:`dataflow.algorithms.cosine_search.find_similar_pairs`) 
 to a few hundred thousand rows, a day at ten million. Near duplicates sit close together, so, as SemDeDup
 and NeMo Curator do, the vectors are partitioned first and only rows that share a partition are compared:
 
-1. **Partitions**: spherical k-means (cosine) on a sample of the rows gives ``n_partitions`` centroids.
-2. **Assignment with borders**: every row joins its nearest centroid's partition, and also up to
-   ``max_cells - 1`` more whose centroid is within ``border`` of its best one (a row near the border
-   between two partitions is in both), so two near duplicates split by a border still meet.
-3. **Exact search inside**: each partition runs the exact blockwise search; a pair found in two
-   partitions counts once. Every reported similarity is exact: precision is 1.0 by construction, and
-   only recall is approximate (pairs whose rows never shared a partition are missed).
-4. **Recall, measured**: :func:`estimate_recall` compares the pairs of a random sample of rows with the
-   exact answer for those rows (each sampled row against all rows), so every run says what it missed.
+1. **Partitions** (:func:`fit_partitions`): spherical k-means (cosine) on a sample of the rows gives
+   ``n_partitions`` centroids.
+2. **Assignment with borders** (:func:`assign_partitions`): every row joins its nearest centroid's
+   partition, and also up to ``max_cells - 1`` more whose centroid is within ``border`` of its best one
+   (a row near the border between two partitions is in both), so two near duplicates split by a border
+   still meet.
+3. **Exact search inside** (:func:`search_partition`): each partition scores its rows pairwise (float32)
+   and the exact float64 score decides every pair near the threshold; a pair found in two partitions
+   counts once (:class:`PairMerger`). Every reported similarity is exact: precision is 1.0 by
+   construction, and only recall is approximate (pairs whose rows never shared a partition are missed).
+4. **Recall, measured** (:func:`estimate_recall`): the exact pairs of a random sample of rows (each
+   sampled row against all rows) and the share of them found, so every run says what it missed.
 
-Vectors may be a ``numpy.memmap``: the assignment reads them in chunks, each partition reads only its rows.
-Memory is the centroids, the assignment (a few int32 per row) and one partition at a time.
+The steps are separate functions so that a distributed engine runs the same search: the driver fits the
+partitions on the sample, workers assign their slices and search whole partitions, the driver merges
+(:mod:`dataflow.engines.ray.dedup`). Same seed, same partitions, same pairs.
+
+Vectors may be a ``numpy.memmap`` larger than memory: the assignment reads chunks, each partition gathers
+only its rows, and the pages read are unmapped again as the search goes (they stay in the page cache, a
+reclaimable copy, but stop counting as the process's memory). Memory is the centroids, the assignment
+(an int64 and an int32 per membership) and one partition at a time.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +42,37 @@ from dataflow.algorithms.cosine_search import (
     fp32_error_bound,
 )
 
-__all__ = ["PartitionStats", "estimate_recall", "find_similar_pairs_partitioned", "spherical_kmeans"]
+__all__ = [
+    "PairMerger",
+    "PartitionStats",
+    "assign_partitions",
+    "default_partitions",
+    "estimate_recall",
+    "exact_pairs_with",
+    "find_similar_pairs_partitioned",
+    "fit_partitions",
+    "partition_members",
+    "recall_of",
+    "recall_rows",
+    "rows_per_chunk",
+    "sample_rows",
+    "search_note",
+    "search_partition",
+    "spherical_kmeans",
+    "unique_pairs",
+]
 
-ASSIGN_CHUNK = 65536  # rows scored against the centroids at once
+ASSIGN_CHUNK = 32768  # rows scored against every centroid at once, at most ...
+KMEANS_CHUNK = 65536
+SCORES_BYTES = 256 << 20  # ... and no more than this many bytes of scores (10M rows: 6,325 centroids)
+BORDER = 0.03  # a row also joins the partitions whose centroid scores within this of its best one
+MAX_CELLS = 3  # partitions a row joins at most
+SAMPLE_PER_PARTITION = 20  # k-means needs a few dozen rows a centroid, not all
+RELEASE_BYTES = 256 << 20  # memory-mapped bytes read between two unmappings of the pages read
+# A page fault on a mapping maps the cached pages around it too (Linux fault-around, 64 KB by default):
+# scattered rows (a partition's gather) bring in this much each, not their own few kilobytes.
+FAULT_AROUND = 64 << 10
+RECALL_MARGIN = 1e-4  # float32 matmul vs the exact score: far below this for unit vectors
 
 
 @dataclass
@@ -49,8 +87,57 @@ class PartitionStats:
     recall_pairs: int = 0  # exact pairs the estimate rests on
 
 
+def default_partitions(n: int) -> int:
+    """Twice the square root of N: partitions of about half as many rows as there are partitions, which
+    balances the assignment (N x partitions) against the searches inside (N^2 / partitions)."""
+    return max(1, round(2 * math.sqrt(n)))
+
+
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32) @ np.asarray(b, dtype=np.float32).T
+
+
+def rows_per_chunk(n_centroids: int, most: int | None = None) -> int:
+    """Rows scored at once against ``n_centroids`` centroids: ``most`` (default :data:`ASSIGN_CHUNK`),
+    fewer when their scores would take more than :data:`SCORES_BYTES` (never under 1,024 or ``most``)."""
+    most = most or ASSIGN_CHUNK
+    return int(max(min(1024, most), min(most, SCORES_BYTES // (4 * max(1, n_centroids)))))
+
+
+def _nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    step = rows_per_chunk(len(centroids), KMEANS_CHUNK)
+    return np.concatenate(
+        [_matmul(vectors[s : s + step], centroids).argmax(axis=1) for s in range(0, len(vectors), step)]
+    )
+
+
+def _mapping(vectors: np.ndarray) -> mmap.mmap | None:
+    """The file mapping under a ``numpy.memmap`` (or a view of one), None for an array in memory."""
+    base = vectors
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base
+
+
+def _release(vectors: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped ``vectors`` read so far (MADV_DONTNEED on a read-only file
+    mapping drops this process's page-table entries; the page cache keeps the data). No-op in memory."""
+    mapping = _mapping(vectors)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _take(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``vectors[rows]`` as float32 (``rows`` sorted); from a memory-mapped input in pieces, unmapping the
+    pages each piece faulted in (with fault-around, scattered rows map up to 64 KB each)."""
+    if _mapping(vectors) is None:
+        return np.asarray(vectors[rows], dtype=np.float32)
+    out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
+    step = max(1, RELEASE_BYTES // FAULT_AROUND)
+    for start in range(0, len(rows), step):
+        out[start : start + step] = vectors[rows[start : start + step]]
+        _release(vectors)
+    return out
 
 
 def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int = 0) -> np.ndarray:
@@ -60,9 +147,7 @@ def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int 
     k = max(1, min(k, n))
     centroids = np.array(sample[rng.choice(n, size=k, replace=False)], dtype=np.float32)
     for _ in range(iterations):
-        labels = np.concatenate(
-            [_matmul(sample[s : s + ASSIGN_CHUNK], centroids).argmax(axis=1) for s in range(0, n, ASSIGN_CHUNK)]
-        )
+        labels = _nearest(sample, centroids)
         counts = np.bincount(labels, minlength=k)
         order = np.argsort(labels, kind="stable")
         sums = np.zeros((k, sample.shape[1]), dtype=np.float32)  # a direction: float32 sums are plenty
@@ -76,48 +161,125 @@ def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int 
     return centroids
 
 
-def _assign(vectors: np.ndarray, centroids: np.ndarray, border: float, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cells) of every membership: each row's best cell, and those within ``border`` of it (at most
-    ``max_cells``, the closest)."""
-    rows_out, cells_out = [], []
-    for start in range(0, vectors.shape[0], ASSIGN_CHUNK):
-        scores = _matmul(vectors[start : start + ASSIGN_CHUNK], centroids)
+def sample_rows(n: int, n_partitions: int, sample_size: int | None = None, seed: int = 0) -> np.ndarray:
+    """The sorted rows k-means learns from (default :data:`SAMPLE_PER_PARTITION` per partition)."""
+    size = min(n, sample_size or SAMPLE_PER_PARTITION * n_partitions)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def fit_partitions(sample: np.ndarray, n_partitions: int, *, seed: int = 0) -> np.ndarray:
+    """The partitions' centroids: spherical k-means of the unit rows ``sample`` (see :func:`sample_rows`).
+
+    Grouping the centroids to score each row against a few groups only (an IVF-style coarse quantizer)
+    was tried and left out: on the benchmark's embeddings (thousands of well separated clusters in 512
+    dimensions, whose centroids are nearly orthogonal) a quarter of the groups lost 6 % recall at 1M rows.
+    """
+    return spherical_kmeans(np.ascontiguousarray(sample, dtype=np.float32), n_partitions, seed=seed)
+
+
+def assign_partitions(
+    vectors: np.ndarray, centroids: np.ndarray, border: float = BORDER, max_cells: int = MAX_CELLS, chunk: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cells) of every membership, rows ascending: each row's best partition, and those within
+    ``border`` of it (at most ``max_cells``, the closest). Rows are scored ``chunk`` at a time (default
+    :func:`rows_per_chunk`); a distributed engine assigns the same chunks, so it gets the same scores."""
+    chunk = chunk or rows_per_chunk(len(centroids))
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    rows_out, cells_out, read = [], [], 0
+    for start in range(0, vectors.shape[0], chunk):
+        block = np.asarray(vectors[start : start + chunk], dtype=np.float32)
+        scores = _matmul(block, centroids)
         best = scores.max(axis=1)
-        member = scores >= (best - border)[:, None]
-        crowded = np.flatnonzero(member.sum(axis=1) > max_cells)
-        if crowded.size:  # rarely many: sort only those rows' scores
-            top = np.argpartition(-scores[crowded], max_cells - 1, axis=1)[:, :max_cells]
-            member[crowded] = False
-            member[crowded[:, None], top] = True
-        r, c = np.nonzero(member)
+        r, cell = np.nonzero(scores >= (best - border)[:, None])
+        crowded = np.flatnonzero(np.bincount(r, minlength=len(block)) > max_cells)
+        if crowded.size:  # a few rows: sort only their scores, keep their closest max_cells
+            pick = np.argpartition(-scores[crowded], max_cells - 1, axis=1)[:, :max_cells]
+            keep = ~np.isin(r, crowded)
+            r = np.concatenate([r[keep], np.repeat(crowded, max_cells)])
+            cell = np.concatenate([cell[keep], pick.ravel()])
+            order = np.argsort(r, kind="stable")
+            r, cell = r[order], cell[order]
         rows_out.append((r + start).astype(np.int64))
-        cells_out.append(c.astype(np.int64))
+        cells_out.append(cell.astype(np.int32))
+        read += block.nbytes
+        if read >= RELEASE_BYTES:
+            _release(vectors)
+            read = 0
+    _release(vectors)
+    if not rows_out:
+        return np.empty(0, np.int64), np.empty(0, np.int32)
     return np.concatenate(rows_out), np.concatenate(cells_out)
 
 
-def _cell_search(vectors: np.ndarray, members: np.ndarray, threshold: float, margin: float):
-    """Inside one partition: its pairs at ``threshold`` or above (global rows, i < j, exact scores), and
-    each member's best partner there with its exact score.
+def partition_members(rows: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The partitions with members and each one's rows, ascending (from :func:`assign_partitions`'
+    memberships in any order)."""
+    order = np.lexsort((rows, cells))
+    rows, cells = rows[order], cells[order]
+    bounds = np.flatnonzero(np.diff(cells)) + 1
+    ids = cells[np.concatenate([[0], bounds])] if cells.size else np.empty(0, np.int32)
+    return ids, np.split(rows, bounds) if rows.size else []
 
-    A float32 matmul scores every pair; its error is below ``margin``, so only the pairs within ``margin``
+
+def search_partition(block: np.ndarray, members: np.ndarray, threshold: float):
+    """Inside one partition (``block``: the vectors of rows ``members``): its pairs at ``threshold`` or
+    above (``members`` ids, i < j, exact scores), and each member's best partner there with its exact score.
+
+    A float32 matmul scores every pair; its error is below the margin, so only the pairs within the margin
     of the threshold or above are candidates, and the exact float64 score decides.
     """
-    block = np.asarray(vectors[members], dtype=np.float32)
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    margin = fp32_error_bound(block.shape[1]) + 2.0**-20
     scores = block @ block.T
     np.fill_diagonal(scores, -np.inf)
+    local = np.arange(members.size)
     partner_local = scores.argmax(axis=1)
-    partner = members[partner_local]
-    partner_sim = exact_similarity(vectors, members, partner)
+    partner_sim = exact_similarity(block, local, partner_local)
     floor = np.float32(threshold) - margin
-    hot = np.flatnonzero(scores[np.arange(members.size), partner_local] >= floor)  # rows with any candidate
+    hot = np.flatnonzero(scores[local, partner_local] >= floor)  # rows with any candidate
     i, j = np.nonzero(scores[hot] >= floor)
     i = hot[i]
     keep = i < j
-    a, b = members[i[keep]], members[j[keep]]
-    sims = exact_similarity(vectors, a, b) if a.size else np.empty(0, dtype=np.float32)
+    i, j = i[keep], j[keep]
+    sims = exact_similarity(block, i, j) if i.size else np.empty(0, dtype=np.float32)
     good = sims >= np.float32(threshold)
-    a, b, sims = a[good], b[good], sims[good]
-    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), sims, partner, partner_sim
+    a, b = members[i[good]], members[j[good]]
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1).astype(np.int64)
+    return pairs, sims[good], members[partner_local], partner_sim
+
+
+def unique_pairs(pairs: list[np.ndarray], sims: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The partitions' pairs (rows < ``n``) and exact scores, each pair once, sorted by (i, j)."""
+    if not pairs or not sum(len(p) for p in pairs):
+        return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.float32)
+    pairs_, sims_ = np.concatenate(pairs).astype(np.int64), np.concatenate(sims).astype(np.float32)
+    _, first = np.unique(pairs_[:, 0] * n + pairs_[:, 1], return_index=True)
+    return pairs_[first], sims_[first]
+
+
+class PairMerger:
+    """Merges the partitions' answers over ``n`` rows: each pair once, each row's best partner overall."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.best = np.full(n, -np.inf, dtype=np.float32)
+        self.nearest = np.full(n, -1, dtype=np.int64)
+        self.pairs: list[np.ndarray] = []
+        self.sims: list[np.ndarray] = []
+
+    def add(self, members: np.ndarray, pairs: np.ndarray, sims: np.ndarray, partner, partner_sim) -> None:
+        better = partner_sim > self.best[members]  # strictly: the first partition seen wins a tie
+        self.best[members[better]] = partner_sim[better]
+        self.nearest[members[better]] = partner[better]
+        if pairs.size:
+            self.pairs.append(pairs)
+            self.sims.append(sims)
+
+    def result(self) -> CosineSearchResult:
+        pairs, sims = unique_pairs(self.pairs, self.sims, self.n)
+        best = self.best.copy()
+        best[self.nearest < 0] = np.nan
+        return CosineSearchResult(pairs=pairs, similarities=sims, max_similarity=best, nearest=self.nearest)
 
 
 def find_similar_pairs_partitioned(
@@ -125,66 +287,79 @@ def find_similar_pairs_partitioned(
     threshold: float,
     *,
     n_partitions: int | None = None,
-    border: float = 0.03,
-    max_cells: int = 3,
+    border: float = BORDER,
+    max_cells: int = MAX_CELLS,
     sample_size: int | None = None,
     seed: int = 0,
-    block_size: int = 8192,
 ) -> tuple[CosineSearchResult, PartitionStats]:
     """Pairs of unit rows with cosine similarity >= ``threshold``, found inside partitions.
 
-    ``n_partitions`` (default twice the square root of N: partitions of about half as many rows as there
-    are partitions), ``border`` and ``max_cells`` trade time for recall; see the module docstring.
-    ``max_similarity`` / ``nearest`` are each row's best partner among the rows it shared a partition with
-    (NaN / -1 when it shared none), a lower bound of the exact search's (the partner is the float32 best,
-    its score exact). ``sample_size``: rows k-means learns from (default 20 per partition).
+    ``n_partitions`` (default :func:`default_partitions`), ``border`` and ``max_cells`` trade
+    time for recall; see the module docstring. ``max_similarity`` / ``nearest`` are each row's best
+    partner among the rows it shared a partition with (NaN / -1 when it shared none), a lower bound of the
+    exact search's (the partner is the float32 best, its score exact). ``sample_size``: rows k-means
+    learns from (default 20 per partition).
     """
     n = vectors.shape[0]
-    if n_partitions is None:
-        n_partitions = max(1, round(2 * math.sqrt(n)))
+    n_partitions = default_partitions(n) if n_partitions is None else n_partitions
     if n_partitions < 1 or max_cells < 1 or border < 0:
         raise ValueError("n_partitions and max_cells must be >= 1 and border >= 0")
     if n < 2:
         return find_similar_pairs(np.asarray(vectors, dtype=np.float32), threshold), PartitionStats(1, float(n), n, 0)
-    rng = np.random.default_rng(seed)
-    sample_size = sample_size or 20 * n_partitions  # k-means needs a few dozen rows a centroid, not all
-    sample_rows = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
-    centroids = spherical_kmeans(np.asarray(vectors[sample_rows], dtype=np.float32), n_partitions, seed=seed)
-    rows, cells = _assign(vectors, centroids, border, max_cells)
-    order = np.argsort(cells, kind="stable")
-    rows, cells = rows[order], cells[order]
-    bounds = np.flatnonzero(np.diff(cells)) + 1
-    best = np.full(n, -np.inf, dtype=np.float32)
-    nearest = np.full(n, -1, dtype=np.int64)
-    margin = fp32_error_bound(vectors.shape[1]) + 2.0**-20
-    found_pairs, found_sims, compared, largest = [], [], 0, 0
-    for members in np.split(rows, bounds):
+    centroids = fit_partitions(_take(vectors, sample_rows(n, n_partitions, sample_size, seed)), n_partitions, seed=seed)
+    rows, cells = assign_partitions(vectors, centroids, border, max_cells)
+    _, partitions = partition_members(rows, cells)
+    merger = PairMerger(n)
+    compared, largest = 0, 0
+    for members in partitions:
         largest = max(largest, members.size)
         if members.size < 2:
             continue
         compared += members.size * (members.size - 1) // 2
-        pairs, sims, partner, partner_sim = _cell_search(vectors, members, threshold, margin)
-        better = partner_sim > best[members]
-        best[members[better]] = partner_sim[better]
-        nearest[members[better]] = partner[better]
-        if pairs.size:
-            found_pairs.append(pairs)
-            found_sims.append(sims)
-    if found_pairs:
-        pairs, sims = np.concatenate(found_pairs), np.concatenate(found_sims)
-        unique, first = np.unique(pairs[:, 0] * n + pairs[:, 1], return_index=True)
-        pairs, sims = pairs[first], sims[first]  # sorted by (i, j), each pair once
-    else:
-        pairs, sims = np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.float32)
-    best[nearest < 0] = np.nan
-    result = CosineSearchResult(pairs=pairs, similarities=sims, max_similarity=best, nearest=nearest)
+        merger.add(members, *search_partition(_take(vectors, members), members, threshold))
     stats = PartitionStats(
-        n_partitions=centroids.shape[0],
+        n_partitions=len(centroids),
         cells_per_row=rows.size / max(n, 1),
         largest_partition=largest,
         compared_pairs=compared,
     )
-    return result, stats
+    return merger.result(), stats
+
+
+def recall_rows(n: int, sample: int = 256, seed: int = 1) -> np.ndarray:
+    """The sorted random rows whose exact pairs check a search (:func:`estimate_recall`)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False)) if n else np.empty(0, int)
+
+
+def exact_pairs_with(
+    queries: np.ndarray, query_rows: np.ndarray, chunk: np.ndarray, start: int, threshold: float
+) -> np.ndarray:
+    """Every exact pair ``(i, j)``, i < j, at ``threshold`` or above between the rows ``query_rows`` (their
+    vectors ``queries``) and the rows ``start ..`` of ``chunk``; a row is not paired with itself.
+
+    A float32 matmul picks the candidates, the exact score (the one the searches report) decides.
+    """
+    chunk = np.asarray(chunk, dtype=np.float32)
+    scores = _matmul(queries, chunk)
+    q, c = np.nonzero(scores >= np.float32(threshold) - RECALL_MARGIN)
+    keep = c + start != query_rows[q]
+    q, c = q[keep], c[keep]
+    if not q.size:
+        return np.empty((0, 2), dtype=np.int64)
+    both = np.concatenate([np.asarray(queries, dtype=np.float32)[q], chunk[c]])
+    sims = exact_similarity(both, np.arange(q.size), np.arange(q.size, 2 * q.size))
+    good = sims >= np.float32(threshold)
+    a, b = query_rows[q[good]], c[good] + start
+    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1).astype(np.int64)
+
+
+def recall_of(exact: np.ndarray, found: np.ndarray, n: int) -> tuple[float | None, int]:
+    """Share of the ``exact`` pairs (any order, repeats allowed) that ``found`` holds, and how many exact
+    pairs there were; None when there are none (nothing to miss)."""
+    keys = np.unique(exact[:, 0] * n + exact[:, 1]) if len(exact) else np.empty(0, np.int64)
+    if not keys.size:
+        return None, 0
+    return float(np.isin(keys, found[:, 0] * n + found[:, 1]).mean()), int(keys.size)
 
 
 def estimate_recall(
@@ -199,22 +374,28 @@ def estimate_recall(
     n = vectors.shape[0]
     if n < 2 or sample < 1:
         return None, 0
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
-    queries = np.asarray(vectors[rows], dtype=np.float32)
-    exact_keys = []
-    margin = 1e-4  # float32 matmul vs the exact score: far below this for unit vectors
-    for start in range(0, n, ASSIGN_CHUNK):
-        scores = _matmul(queries, vectors[start : start + ASSIGN_CHUNK])
-        q, c = np.nonzero(scores >= np.float32(threshold) - margin)
-        c = c + start
-        keep = c != rows[q]
-        q, c = q[keep], c[keep]
-        sims = exact_similarity(vectors, rows[q], c) if q.size else np.empty(0, np.float32)
-        good = sims >= np.float32(threshold)
-        a, b = rows[q[good]], c[good]
-        exact_keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-    exact = np.unique(np.concatenate(exact_keys))
-    if exact.size == 0:
-        return None, 0
-    got = np.isin(exact, pairs[:, 0] * n + pairs[:, 1])
-    return float(got.mean()), int(exact.size)
+    rows = recall_rows(n, sample, seed)
+    queries = _take(vectors, rows)
+    found, read = [], 0
+    for start in range(0, n, KMEANS_CHUNK):
+        chunk = vectors[start : start + KMEANS_CHUNK]
+        found.append(exact_pairs_with(queries, rows, chunk, start, threshold))
+        read += chunk.nbytes
+        if read >= RELEASE_BYTES:
+            _release(vectors)
+            read = 0
+    _release(vectors)
+    return recall_of(np.concatenate(found), pairs, n)
+
+
+def search_note(stats: PartitionStats, n: int, recall: float | None, exact_pairs: int, sample: int) -> dict:
+    """What an approximate search records in the step manifest (``notes.pair_search``)."""
+    return {
+        "search": "approximate",
+        "partitions": stats.n_partitions,
+        "partitions_per_row": round(stats.cells_per_row, 3),
+        "compared_pairs": stats.compared_pairs,
+        "recall_estimate": None if recall is None else round(recall, 4),
+        "recall_sample_rows": min(sample, n),
+        "recall_sample_pairs": exact_pairs,
+    }

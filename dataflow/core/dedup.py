@@ -257,20 +257,12 @@ def find_pairs(
 
 def _partitioned_pairs(keys: Any, threshold: float) -> Pairs:
     """The approximate cosine search, and its recall against the exact search on a sample of rows."""
-    from dataflow.algorithms.partitioned_search import estimate_recall, find_similar_pairs_partitioned
+    from dataflow.algorithms.partitioned_search import estimate_recall, find_similar_pairs_partitioned, search_note
 
     vectors = keys if isinstance(keys, np.memmap) else np.ascontiguousarray(keys, dtype=np.float32)
     found, stats = find_similar_pairs_partitioned(vectors, threshold)
     recall, exact_pairs = estimate_recall(vectors, threshold, found.pairs, sample=RECALL_SAMPLE)
-    info = {
-        "search": "approximate",
-        "partitions": stats.n_partitions,
-        "partitions_per_row": round(stats.cells_per_row, 3),
-        "compared_pairs": stats.compared_pairs,
-        "recall_estimate": None if recall is None else round(recall, 4),
-        "recall_sample_rows": min(RECALL_SAMPLE, len(vectors)),
-        "recall_sample_pairs": exact_pairs,
-    }
+    info = search_note(stats, len(vectors), recall, exact_pairs, RECALL_SAMPLE)
     logger.info(
         "approximate search: %d partitions, %.2f per row; recall on %d sampled rows' %d exact pairs: %s",
         stats.n_partitions,

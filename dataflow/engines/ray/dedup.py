@@ -12,7 +12,12 @@ Three passes over the step's slices:
    (``groupby(...).map_groups``) brings equal keys together, each group reporting the rows whose key
    occurs more than once; ``"hamming"`` - the block-key shuffle of ``_hamming`` verifies every pair of
    hashes within ``max_distance`` bits; ``"cosine"`` - a task per pair of vector shards runs the blockwise
-   search at ``threshold``, with each row's true best similarity. Only the rows these touch (row id, key,
+   search at ``threshold``, with each row's true best similarity; or, when the operator's ``vector_search``
+   is ``"approximate"`` (``"auto"`` over its size), the local engine's partitioned search distributed
+   (:mod:`dataflow.algorithms.partitioned_search`): the driver fits the partitions on the same sample,
+   tasks assign ranges of rows to partitions (in the local search's chunks, so with the same scores) and
+   find the recall sample's exact pairs there, tasks search whole partitions (packed into tasks of about
+   equal cost), the driver merges and records the recall in the manifest. Only the rows these touch (row id, key,
    keep value) and their pairs come back to the driver, which calls the operator's ``group`` on them alone
    (untouched rows are singletons, kept).
 3. *write* (``map_batches``, CPU tasks): each slice gets the decisions for its rows (shipped with its
@@ -412,13 +417,16 @@ def _hamming_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pai
 
 
 def _cosine_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
-    """Blockwise cosine search per pair of vector shards (exact: every pair found), and each row's best."""
+    """Pairs at ``threshold`` and each row's best similarity: every pair (blockwise, per pair of vector
+    shards), or inside partitions when the operator's ``search`` says approximate (as the local engine)."""
+    from dataflow.core.dedup import approximate
+
     threshold = float(run.op.threshold)
-    if getattr(run.op, "vector_search", "exact") != "exact":  # every pair: a superset of what it would find
-        run.log(f"search={run.op.vector_search!r} runs on the local engine; the Ray engine compares every pair")
     dims = slim.unique("dim") if readable else []
     if len(dims) > 1:
         raise ValueError(f"{run.name}: vectors of different lengths {sorted(dims)}")
+    if approximate(getattr(run.op, "vector_search", "exact"), readable):
+        return _partitioned_pairs(run, slim, readable, threshold)
     shards = _vector_shards(run, run.vector_shard_rows(int(dims[0]) if len(dims) else 1))
     items = [{"payload": dumps((shards[i], shards[j]))} for i in range(len(shards)) for j in range(i, len(shards))]
     best = np.full(run.rows, np.nan, dtype=np.float64)
@@ -436,12 +444,196 @@ def _cosine_pairs(run: StepRun, slim, readable: int) -> tuple[pd.DataFrame, Pair
     a = np.concatenate(a_parts) if a_parts else np.empty(0, np.int64)
     b = np.concatenate(b_parts) if b_parts else np.empty(0, np.int64)
     s = np.concatenate(s_parts) if s_parts else np.empty(0, np.float32)
-    touched = np.unique(np.concatenate([a, b]))
     run.log(f"{readable} readable vectors in {len(shards)} shard(s), {len(a)} pairs >= {threshold}")
-    rows = _touched(slim, ROW_ID, touched, ["pv"])
+    return _pairs_of_rows(slim, a, b, s) + (best,)
+
+
+def _pairs_of_rows(slim, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[pd.DataFrame, Pairs]:
+    """The touched slim rows (row ids ``a``, ``b`` of the pairs) and the pairs by position in them."""
+    rows = _touched(slim, ROW_ID, np.unique(np.concatenate([a, b])), ["pv"])
     rid = rows[ROW_ID].to_numpy(np.int64)
     pairs = np.column_stack([np.searchsorted(rid, a), np.searchsorted(rid, b)])
-    return rows, Pairs(pairs.reshape(-1, 2), s.astype(np.float64)), best
+    return rows, Pairs(pairs.reshape(-1, 2), np.asarray(s, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# approximate cosine search: partitions are the unit of distribution
+
+
+class _VectorLayout:
+    """Where the readable rows' vectors are. The search numbers readable rows in row-id order (their
+    *positions*, the row numbers the local engine's search sees); ``starts[k]`` is the first position in
+    the ``k``-th slice with readable rows, whose vectors are the ``vec`` side file at ``offsets[k]``."""
+
+    def __init__(self, work_dir: str, slices: list[Slice]):
+        offsets, counts, rids = [], [], []
+        for sl in slices:
+            ok = np.flatnonzero(_read_side(_side_path(work_dir, sl.offset))["ok"].to_numpy(dtype=bool))
+            if ok.size:
+                offsets.append(sl.offset)
+                counts.append(ok.size)
+                rids.append(ok.astype(np.int64) + sl.offset)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.rid = np.concatenate(rids) if rids else np.empty(0, np.int64)  # row id of each position
+
+    def arrays(self) -> dict:
+        return {"offsets": self.offsets, "starts": self.starts}
+
+
+def _gather(work_dir: str, layout: dict, positions: np.ndarray, files: dict) -> np.ndarray:
+    """The vectors of the sorted ``positions``, read (memory-mapped) from the side files; ``files`` caches
+    the opened ones for the task."""
+    starts, offsets = layout["starts"], layout["offsets"]
+    which = np.searchsorted(starts, positions, side="right") - 1
+    parts = []
+    for k, lo, hi in zip(*_runs(which)):
+        if k not in files:
+            files[k] = np.load(_side_path(work_dir, int(offsets[k]), "vec", "npy"), mmap_mode="r")
+        parts.append(np.asarray(files[k][positions[lo:hi] - starts[k]], dtype=np.float32))
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
+
+def _runs(values: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """(value, start, stop) of each run of equal values in a sorted array."""
+    if not values.size:
+        return [], [], []
+    cut = np.flatnonzero(np.diff(values)) + 1
+    lo = np.concatenate([[0], cut])
+    hi = np.concatenate([cut, [values.size]])
+    return values[lo].tolist(), lo.tolist(), hi.tolist()
+
+
+def partition_assign(
+    batch: pd.DataFrame,
+    *,
+    work_dir: str,
+    layout: dict,
+    centroids: np.ndarray,
+    border: float,
+    max_cells: int,
+    chunk: int,
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    threshold: float,
+) -> pd.DataFrame:
+    """Positions ``[lo, hi)``: each row's partitions (``kind`` 0: ``a`` position, ``b`` partition), and
+    the exact pairs of the recall sample's rows with them (``kind`` 1: ``a < b`` positions). The range
+    starts on a multiple of ``chunk``, and is assigned in the local search's chunks (same scores)."""
+    from dataflow.algorithms import partitioned_search as ps
+
+    frames, files = [], {}
+    for item in batch.to_dict("records"):
+        lo, hi = loads(item["payload"])
+        vectors = _gather(work_dir, layout, np.arange(lo, hi, dtype=np.int64), files)
+        rows, cells = ps.assign_partitions(vectors, centroids, border, max_cells, chunk)
+        exact = ps.exact_pairs_with(queries, query_rows, vectors, lo, threshold)
+        frames.append(pd.DataFrame({"kind": np.zeros(rows.size, np.int8), "a": rows + lo, "b": cells.astype(np.int64)}))
+        frames.append(pd.DataFrame({"kind": np.ones(len(exact), np.int8), "a": exact[:, 0], "b": exact[:, 1]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def partition_search(batch: pd.DataFrame, *, work_dir: str, layout: dict, threshold: float) -> pd.DataFrame:
+    """The exact search inside each partition of the task (positions): pairs ``a < b`` with their exact
+    score ``s``, and rows ``b == -1`` carrying member ``a``'s best score in that partition."""
+    from dataflow.algorithms.partitioned_search import search_partition
+
+    frames, files = [], {}
+    for item in batch.to_dict("records"):
+        members, bounds = loads(item["payload"])
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            rows = members[lo:hi]
+            pairs, sims, _, partner_sim = search_partition(_gather(work_dir, layout, rows, files), rows, threshold)
+            frames.append(pd.DataFrame({"a": pairs[:, 0], "b": pairs[:, 1], "s": sims.astype(np.float32)}))
+            frames.append(pd.DataFrame({"a": rows, "b": np.full(rows.size, -1, np.int64), "s": partner_sim}))
+    if not frames:
+        return pd.DataFrame({"a": np.empty(0, np.int64), "b": np.empty(0, np.int64), "s": np.empty(0, np.float32)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _partitioned_pairs(run: StepRun, slim, n: int, threshold: float) -> tuple[pd.DataFrame, Pairs, np.ndarray]:
+    """The local engine's approximate search, distributed: the driver fits the partitions on the same
+    sample, tasks assign ranges of rows (and find the recall sample's exact pairs there), tasks search
+    whole partitions, the driver merges. Same pairs, best scores and manifest note as the local engine."""
+    from dataflow.algorithms import partitioned_search as ps
+    from dataflow.core.dedup import RECALL_SAMPLE
+
+    layout = _VectorLayout(run.ctx.work_dir, run.slices)
+    kwargs = {"work_dir": run.ctx.work_dir, "layout": layout.arrays()}
+    best = np.full(run.rows, np.nan, dtype=np.float64)
+    if n < 2:  # as the local search: nothing to pair, one partition
+        run.ctx.call.notes["pair_search"] = ps.search_note(
+            ps.PartitionStats(1, float(n), n, 0), n, None, 0, RECALL_SAMPLE
+        )
+        empty = np.empty(0, np.int64)
+        return _pairs_of_rows(slim, empty, empty, np.empty(0)) + (best,)
+    n_partitions = ps.default_partitions(n)
+    sample = _gather(run.ctx.work_dir, kwargs["layout"], ps.sample_rows(n, n_partitions), {})
+    centroids = ps.fit_partitions(sample, n_partitions)
+    query_rows = ps.recall_rows(n, RECALL_SAMPLE)
+    queries = _gather(run.ctx.work_dir, kwargs["layout"], query_rows, {})
+    chunk, shard_rows = ps.rows_per_chunk(len(centroids)), run.vector_shard_rows(sample.shape[1])
+    step = max(1, shard_rows // chunk) * chunk  # whole chunks of the local search
+    items = [{"payload": dumps((lo, min(lo + step, n)))} for lo in range(0, n, step)]
+    assigned = run.map_items(
+        items,
+        partition_assign,
+        {
+            **kwargs,
+            "centroids": centroids,
+            "border": ps.BORDER,
+            "max_cells": ps.MAX_CELLS,
+            "chunk": chunk,
+            "queries": queries,
+            "query_rows": query_rows,
+            "threshold": threshold,
+        },
+        num_cpus=run.options.num_cpus,
+    ).to_pandas()
+    member = assigned["kind"].to_numpy() == 0
+    rows, cells = assigned["a"].to_numpy(np.int64)[member], assigned["b"].to_numpy(np.int64)[member]
+    exact = assigned[["a", "b"]].to_numpy(np.int64)[~member]
+    _, partitions = ps.partition_members(rows, cells)
+    sizes = np.array([p.size for p in partitions], dtype=np.int64)
+    searched = [p for p in partitions if p.size > 1]
+    found = _search_partitions(run, searched, {**kwargs, "threshold": threshold}, shard_rows)
+    is_best = found["b"].to_numpy() < 0
+    a, b, s = (found[c].to_numpy() for c in ("a", "b", "s"))
+    np.fmax.at(best, layout.rid[a[is_best]], s[is_best].astype(np.float64))
+    pairs, sims = ps.unique_pairs([np.column_stack([a[~is_best], b[~is_best]])], [s[~is_best]], n)
+    stats = ps.PartitionStats(
+        n_partitions=len(centroids),
+        cells_per_row=rows.size / n,
+        largest_partition=int(sizes.max()) if sizes.size else 0,
+        compared_pairs=int((sizes * (sizes - 1) // 2).sum()),
+    )
+    recall, exact_pairs = ps.recall_of(exact, pairs, n)
+    note = ps.search_note(stats, n, recall, exact_pairs, RECALL_SAMPLE)
+    run.ctx.call.notes["pair_search"] = note
+    run.log(
+        f"approximate search: {note['partitions']} partitions, {note['partitions_per_row']} per row, "
+        f"{len(searched)} searched in tasks; {len(pairs)} pairs >= {threshold}; recall on "
+        f"{note['recall_sample_rows']} sampled rows' {exact_pairs} exact pairs: {note['recall_estimate']}"
+    )
+    return _pairs_of_rows(slim, layout.rid[pairs[:, 0]], layout.rid[pairs[:, 1]], sims) + (best,)
+
+
+def _search_partitions(run: StepRun, partitions: list[np.ndarray], kwargs: dict, shard_rows: int) -> pd.DataFrame:
+    """``partition_search`` over whole partitions, packed into tasks of about equal cost (pairs scored):
+    a task per partition would spend more on scheduling than on the search (thousands of ~10 ms ones)."""
+    if not partitions:
+        return partition_search(pd.DataFrame({"payload": []}), **kwargs)
+    cost = np.cumsum([p.size * p.size for p in partitions], dtype=np.float64)
+    members = sum(p.size for p in partitions)
+    tasks = int(min(len(partitions), max(4 * run.engine.cpus, -(-members // shard_rows))))
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, tasks) / tasks, side="right")
+    items = []
+    for group in np.split(np.arange(len(partitions)), np.unique(cuts)):
+        if group.size:
+            chosen = [partitions[i] for i in group.tolist()]
+            bounds = np.concatenate([[0], np.cumsum([p.size for p in chosen])]).astype(np.int64)
+            items.append({"payload": dumps((np.concatenate(chosen), bounds))})
+    return run.map_items(items, partition_search, kwargs, num_cpus=run.options.num_cpus).to_pandas()
 
 
 def _groupby(ds, key: str, partitions: int):
