@@ -257,3 +257,22 @@ def test_a_config_sets_the_chunk_size(tmp_path, photos):
     assert (meta["batch_size"], meta["batches"], meta["rows_in"]) == (4, 3, 12)
     cfg.write_text(cfg.read_text().replace("chunk_rows: 4", "chunk_rows: 0"))
     assert main(["run", str(cfg)]) == 2  # one clear line, exit 2
+
+
+def test_a_lazy_storage_keeps_its_steps_whole_and_in_memory(tmp_path, photos):
+    from dataflow.pipeline import BatchedPipelineABC
+    from dataflow.utils.storage import LazyFileStorage
+
+    class P(BatchedPipelineABC):
+        def __init__(self):
+            self.storage = LazyFileStorage(str(photos), cache_path=str(tmp_path / "c"), chunk_rows=4)
+            self.aspect = ImageAspectRatioFilter()
+
+        def forward(self):
+            self.aspect.run(self.storage.step())
+
+    p = P().compile()
+    p.forward(batch_size=5)
+    assert not list((tmp_path / "c").glob("*.batches"))
+    meta = json.loads(next((tmp_path / "c").glob("*_step1.meta.json")).read_text())
+    assert meta["rows_in"] == 12 and "batches" not in meta and p.storage.chunk_rows is None

@@ -280,7 +280,7 @@ class _BatchRunner(_Resumer):
         if self._running:
             return "run"
         verdict = super().on_call(operator, storage, keys)
-        if verdict != "run" or not hasattr(storage, "resume_batch"):
+        if verdict != "run" or not getattr(storage, "chunkable", False):
             return verdict
         name = type(operator).__name__
         step = getattr(storage, "operator_step", -1) + 1

@@ -74,6 +74,7 @@ class ChunkedSteps:
     once per chunk as DataFlow's ``BatchedPipelineABC`` does.
     """
 
+    chunkable: bool = True  # False: a storage whose steps do not go to disk as they are written (lazy)
     batch_size: int | None = None
     batch_step: int = 0
     record_count: int | None = None

@@ -60,6 +60,8 @@ class LazyFileStorage(FileStorage):
     what is still unflushed is written at interpreter exit and on SIGTERM.
     """
 
+    chunkable = False  # pipelines run its row-wise steps whole (DataFlow's batches included)
+
     def __init__(
         self,
         first_entry_file_name: str | os.PathLike,
@@ -70,8 +72,8 @@ class LazyFileStorage(FileStorage):
         flush_all_steps: bool = False,
         **options: Any,
     ):
-        options.setdefault("chunk_rows", None)  # its steps live in memory: nothing to resume a chunk from
         super().__init__(first_entry_file_name, cache_path, file_name_prefix, cache_type, **options)
+        self.chunk_rows = None  # its steps live in memory until flushed: no chunk to resume from
         self.save_on_exit = save_on_exit
         self.flush_all_steps = flush_all_steps
         self._buffers = _Buffers(self)
