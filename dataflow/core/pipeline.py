@@ -285,7 +285,7 @@ class _BatchRunner(_Resumer):
         name = type(operator).__name__
         step = getattr(storage, "operator_step", -1) + 1
         rowwise = getattr(operator, "execution", "table") == "rowwise"
-        size = self.batch_size or (storage.chunk_size() if rowwise and hasattr(storage, "chunk_size") else None)
+        size = self.batch_size or (storage.chunk_size() if rowwise else None)
         if size is None or not rowwise:
             if self.batch_size is not None:
                 logger.info(

@@ -84,6 +84,7 @@ class ChunkedSteps:
     _counted: tuple[tuple, int] | None = None
     _step_fp: tuple[int, str | None] | None = None
     _kind: str | None = None
+    _input_by_groups: tuple[tuple, bool] | None = None  # (input file state, read by row groups)
     _current_streaming_chunk: pd.DataFrame | None = None  # DataFlow's StreamBatchedPipelineABC hands it in
 
     def chunk_size(self) -> int | None:
@@ -139,12 +140,16 @@ class ChunkedSteps:
             return False
         if step > 0:
             return True
-        import pyarrow.parquet as pq
+        state = _file_state(path)
+        if self._input_by_groups is None or self._input_by_groups[0] != state:  # one schema read per input
+            import pyarrow.parquet as pq
 
-        from dataflow.storage.embedded import embeds_images
+            from dataflow.storage.embedded import embeds_images
 
-        schema = pq.read_schema(path)
-        return self.image_key not in schema.names or not embeds_images(schema.field(self.image_key))
+            schema = pq.read_schema(path)
+            plain = self.image_key not in schema.names or not embeds_images(schema.field(self.image_key))
+            self._input_by_groups = (state, plain)
+        return self._input_by_groups[1]
 
     def _batch_size(self) -> int:
         size = self.batch_size
