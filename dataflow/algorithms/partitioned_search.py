@@ -21,19 +21,22 @@ The steps are separate functions so that a distributed engine runs the same sear
 partitions on the sample, workers assign their slices and search whole partitions, the driver merges
 (:mod:`dataflow.engines.ray.dedup`). Same seed, same partitions, same pairs.
 
-Vectors may be a ``numpy.memmap`` larger than memory: the assignment reads chunks, each partition gathers
-only its rows, and the pages read are unmapped again as the search goes (they stay in the page cache, a
-reclaimable copy, but stop counting as the process's memory). Memory is the centroids, the assignment
-(an int64 and an int32 per membership) and one partition at a time.
+Vectors may be a ``numpy.memmap`` larger than memory. Its rows are read with ``pread`` (numba threads, a
+system call a row) and never through the mapping, so no page of the file counts as the process's memory
+(the page cache keeps what it can, a reclaimable copy). Memory is the centroids, the assignment (an
+int64 and an int32 per membership) and one partition at a time.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from dataflow.algorithms.cosine_search import (
     CosineSearchResult,
@@ -68,10 +71,6 @@ SCORES_BYTES = 256 << 20  # ... and no more than this many bytes of scores (10M 
 BORDER = 0.03  # a row also joins the partitions whose centroid scores within this of its best one
 MAX_CELLS = 3  # partitions a row joins at most
 SAMPLE_PER_PARTITION = 20  # k-means needs a few dozen rows a centroid, not all
-RELEASE_BYTES = 256 << 20  # memory-mapped bytes read between two unmappings of the pages read
-# A page fault on a mapping maps the cached pages around it too (Linux fault-around, 64 KB by default):
-# scattered rows (a partition's gather) bring in this much each, not their own few kilobytes.
-FAULT_AROUND = 64 << 10
 RECALL_MARGIN = 1e-4  # float32 matmul vs the exact score: far below this for unit vectors
 
 
@@ -106,38 +105,147 @@ def rows_per_chunk(n_centroids: int, most: int | None = None) -> int:
 
 def _nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     step = rows_per_chunk(len(centroids), KMEANS_CHUNK)
-    return np.concatenate(
-        [_matmul(vectors[s : s + step], centroids).argmax(axis=1) for s in range(0, len(vectors), step)]
-    )
+    out = np.empty((len(vectors), 1), dtype=np.int32)
+    for s in range(0, len(vectors), step):
+        _border_cells(_matmul(vectors[s : s + step], centroids), np.float32(0), out[s : s + step])
+    return out[:, 0]
 
 
-def _mapping(vectors: np.ndarray) -> mmap.mmap | None:
-    """The file mapping under a ``numpy.memmap`` (or a view of one), None for an array in memory."""
+# --------------------------------------------------------------------------------------------------
+# numba kernels
+# --------------------------------------------------------------------------------------------------
+# Scoring a row against every centroid is a BLAS matmul; what follows it (the best score, then the few
+# cells near it) is one pass over the scores on every core, in place of numpy's max, compare and nonzero
+# passes on one core (which took as long as the matmul itself).
+
+_SEGMENT = 64  # scores ruled out with one SIMD max before any scalar work
+
+
+@njit(cache=True)
+def _row_max(row):
+    best = row[0]
+    for c in range(row.shape[0]):
+        best = max(best, row[c])
+    return best
+
+
+@njit(cache=True)
+def _row_top(row, floor, cells, values):
+    """The columns of ``row`` scoring ``floor`` or more, best first, at most ``len(cells)`` (the best;
+    the earlier column on a tie); returns how many were written."""
+    k, held = cells.shape[0], 0
+    for c0 in range(0, row.shape[0], _SEGMENT):
+        seg = row[c0 : c0 + _SEGMENT]
+        if _row_max(seg) < floor:
+            continue
+        for j in range(seg.shape[0]):
+            v = seg[j]
+            if v < floor or (held == k and v <= values[k - 1]):
+                continue
+            at = held if held < k else k - 1
+            while at > 0 and values[at - 1] < v:  # insertion: a handful of entries at most
+                values[at], cells[at] = values[at - 1], cells[at - 1]
+                at -= 1
+            values[at], cells[at] = v, c0 + j
+            held = min(held + 1, k)
+    return held
+
+
+@njit(parallel=True, cache=True)
+def _border_cells(scores, border, cells):
+    """``cells[r]``: the columns within ``border`` of row ``r``'s best score, best first, at most
+    ``cells.shape[1]``, -1 after them."""
+    k = cells.shape[1]
+    for r in prange(scores.shape[0]):
+        row = scores[r]
+        values = np.empty(k, dtype=np.float32)
+        cells[r, :] = -1
+        _row_top(row, _row_max(row) - border, cells[r], values)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_pread = _libc.pread
+_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+_pread.restype = ctypes.c_ssize_t
+
+
+# One thread: a system call a row is ~1 us from the page cache, and a thread pool woken between two BLAS
+# calls (whose threads spin after each) loses more to the contention than it gains.
+@njit(cache=False)  # a ctypes function pointer is not cacheable
+def _pread_rows(fd, first, stride, rows, out):
+    """``out[i]`` = the ``out.shape[1]`` bytes at ``first + rows[i] * stride`` of file ``fd``; returns
+    how many rows came back short (a read error or a file shorter than its header says)."""
+    size, short = out.shape[1], 0
+    for i in range(rows.shape[0]):
+        if _pread(fd, out[i].ctypes.data, size, first + rows[i] * stride) != size:
+            short += 1
+    return short
+
+
+class _Rows:
+    """Reads rows of ``vectors`` as float32. A memory-mapped file is read with ``pread``, never through
+    its mapping: a page fault a row (with fault-around mapping 64 KB each) costs 14x the system call,
+    and pages read through the mapping count as the process's memory until unmapped."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors, self.fd = vectors, -1
+        source = _file_of(vectors)
+        if source is not None:
+            self.path, self.first = source
+            self.fd = os.open(self.path, os.O_RDONLY)
+            self.row_bytes = vectors.shape[1] * vectors.dtype.itemsize
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """``vectors[rows]`` (int64 row numbers, any order)."""
+        if self.fd < 0:
+            return np.asarray(self.vectors[rows], dtype=np.float32)
+        raw = np.empty((len(rows), self.row_bytes), dtype=np.uint8)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if _pread_rows(self.fd, self.first, self.vectors.strides[0], rows, raw):
+            raise OSError(f"could not read {len(rows)} rows of {self.path}: the file is shorter than its shape")
+        return np.asarray(raw.view(self.vectors.dtype), dtype=np.float32)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """``vectors[start:stop]``: rows next to each other in the file come in one read."""
+        stop = min(stop, self.vectors.shape[0])
+        if self.fd < 0:
+            return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        if self.vectors.strides[0] != self.row_bytes:
+            return self.take(np.arange(start, stop, dtype=np.int64))
+        raw = np.empty((stop - start, self.row_bytes), dtype=np.uint8)
+        view, at = memoryview(raw).cast("B"), self.first + start * self.row_bytes
+        while view.nbytes:
+            got = os.preadv(self.fd, [view], at)
+            if not got:
+                raise OSError(f"could not read rows {start}..{stop} of {self.path}: the file is shorter than its shape")
+            view, at = view[got:], at + got
+        return np.asarray(raw.view(self.vectors.dtype), dtype=np.float32)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _file_of(vectors: np.ndarray) -> tuple[str, int] | None:
+    """(path, byte offset of row 0) of a memory-mapped ``vectors`` whose rows each lie in one piece of
+    the file (a ``numpy.memmap``, ``np.load(mmap_mode=...)``, or a row slice of one); None otherwise."""
     base = vectors
-    while base is not None and not isinstance(base, mmap.mmap):
+    while base is not None and not (isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap)):
         base = getattr(base, "base", None)
-    return base
-
-
-def _release(vectors: np.ndarray) -> None:
-    """Unmap the pages of a memory-mapped ``vectors`` read so far (MADV_DONTNEED on a read-only file
-    mapping drops this process's page-table entries; the page cache keeps the data). No-op in memory."""
-    mapping = _mapping(vectors)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _take(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``vectors[rows]`` as float32 (``rows`` sorted); from a memory-mapped input in pieces, unmapping the
-    pages each piece faulted in (with fault-around, scattered rows map up to 64 KB each)."""
-    if _mapping(vectors) is None:
-        return np.asarray(vectors[rows], dtype=np.float32)
-    out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
-    step = max(1, RELEASE_BYTES // FAULT_AROUND)
-    for start in range(0, len(rows), step):
-        out[start : start + step] = vectors[rows[start : start + step]]
-        _release(vectors)
-    return out
+    if base is None or vectors.ndim != 2 or vectors.strides[1] != vectors.dtype.itemsize or vectors.strides[0] <= 0:
+        return None
+    if not vectors.dtype.isnative or not base.filename:
+        return None
+    map_start = np.frombuffer(base.base, dtype=np.uint8).ctypes.data
+    map_offset = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY  # where numpy began the mapping
+    return str(base.filename), map_offset + vectors.ctypes.data - map_start
 
 
 def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = 8, seed: int = 0) -> np.ndarray:
@@ -185,30 +293,13 @@ def assign_partitions(
     :func:`rows_per_chunk`); a distributed engine assigns the same chunks, so it gets the same scores."""
     chunk = chunk or rows_per_chunk(len(centroids))
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    rows_out, cells_out, read = [], [], 0
-    for start in range(0, vectors.shape[0], chunk):
-        block = np.asarray(vectors[start : start + chunk], dtype=np.float32)
-        scores = _matmul(block, centroids)
-        best = scores.max(axis=1)
-        r, cell = np.nonzero(scores >= (best - border)[:, None])
-        crowded = np.flatnonzero(np.bincount(r, minlength=len(block)) > max_cells)
-        if crowded.size:  # a few rows: sort only their scores, keep their closest max_cells
-            pick = np.argpartition(-scores[crowded], max_cells - 1, axis=1)[:, :max_cells]
-            keep = ~np.isin(r, crowded)
-            r = np.concatenate([r[keep], np.repeat(crowded, max_cells)])
-            cell = np.concatenate([cell[keep], pick.ravel()])
-            order = np.argsort(r, kind="stable")
-            r, cell = r[order], cell[order]
-        rows_out.append((r + start).astype(np.int64))
-        cells_out.append(cell.astype(np.int32))
-        read += block.nbytes
-        if read >= RELEASE_BYTES:
-            _release(vectors)
-            read = 0
-    _release(vectors)
-    if not rows_out:
-        return np.empty(0, np.int64), np.empty(0, np.int32)
-    return np.concatenate(rows_out), np.concatenate(cells_out)
+    cells = np.empty((vectors.shape[0], max_cells), dtype=np.int32)
+    with _Rows(vectors) as source:
+        for start in range(0, vectors.shape[0], chunk):
+            scores = _matmul(source.block(start, start + chunk), centroids)
+            _border_cells(scores, np.float32(border), cells[start : start + chunk])
+    rows, column = np.nonzero(cells >= 0)
+    return rows.astype(np.int64), cells[rows, column]
 
 
 def partition_members(rows: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -306,17 +397,19 @@ def find_similar_pairs_partitioned(
         raise ValueError("n_partitions and max_cells must be >= 1 and border >= 0")
     if n < 2:
         return find_similar_pairs(np.asarray(vectors, dtype=np.float32), threshold), PartitionStats(1, float(n), n, 0)
-    centroids = fit_partitions(_take(vectors, sample_rows(n, n_partitions, sample_size, seed)), n_partitions, seed=seed)
-    rows, cells = assign_partitions(vectors, centroids, border, max_cells)
-    _, partitions = partition_members(rows, cells)
-    merger = PairMerger(n)
-    compared, largest = 0, 0
-    for members in partitions:
-        largest = max(largest, members.size)
-        if members.size < 2:
-            continue
-        compared += members.size * (members.size - 1) // 2
-        merger.add(members, *search_partition(_take(vectors, members), members, threshold))
+    with _Rows(vectors) as source:
+        sample = source.take(sample_rows(n, n_partitions, sample_size, seed))
+        centroids = fit_partitions(sample, n_partitions, seed=seed)
+        rows, cells = assign_partitions(vectors, centroids, border, max_cells)
+        _, partitions = partition_members(rows, cells)
+        merger = PairMerger(n)
+        compared, largest = 0, 0
+        for members in partitions:
+            largest = max(largest, members.size)
+            if members.size < 2:
+                continue
+            compared += members.size * (members.size - 1) // 2
+            merger.add(members, *search_partition(source.take(members), members, threshold))
     stats = PartitionStats(
         n_partitions=len(centroids),
         cells_per_row=rows.size / max(n, 1),
@@ -375,16 +468,12 @@ def estimate_recall(
     if n < 2 or sample < 1:
         return None, 0
     rows = recall_rows(n, sample, seed)
-    queries = _take(vectors, rows)
-    found, read = [], 0
-    for start in range(0, n, KMEANS_CHUNK):
-        chunk = vectors[start : start + KMEANS_CHUNK]
-        found.append(exact_pairs_with(queries, rows, chunk, start, threshold))
-        read += chunk.nbytes
-        if read >= RELEASE_BYTES:
-            _release(vectors)
-            read = 0
-    _release(vectors)
+    with _Rows(vectors) as source:
+        queries = source.take(rows)
+        found = [
+            exact_pairs_with(queries, rows, source.block(start, start + KMEANS_CHUNK), start, threshold)
+            for start in range(0, n, KMEANS_CHUNK)
+        ]
     return recall_of(np.concatenate(found), pairs, n)
 
 

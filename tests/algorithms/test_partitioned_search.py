@@ -3,6 +3,8 @@ recall it reports is the recall it has."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,27 @@ def test_memmapped_vectors_give_the_same_answer(data, tmp_path):
     a, _ = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=40)
     b, _ = find_similar_pairs_partitioned(again, 0.9, n_partitions=40)
     np.testing.assert_array_equal(a.pairs, b.pairs)
+    # Rows are read from the file at their own offsets: a slice of the mapping, and another dtype.
+    c, _ = find_similar_pairs_partitioned(vectors[1001:], 0.9, n_partitions=40)
+    d, _ = find_similar_pairs_partitioned(again[1001:], 0.9, n_partitions=40)
+    np.testing.assert_array_equal(c.pairs, d.pairs)
+    np.testing.assert_array_equal(c.max_similarity, d.max_similarity)
+    np.save(tmp_path / "h.npy", vectors.astype(np.float16))
+    half = np.load(tmp_path / "h.npy", mmap_mode="r")
+    e, _ = find_similar_pairs_partitioned(half[7:], 0.9, n_partitions=40)
+    f, _ = find_similar_pairs_partitioned(np.asarray(half[7:], dtype=np.float32), 0.9, n_partitions=40)
+    np.testing.assert_array_equal(e.pairs, f.pairs)
+
+
+def test_a_memory_mapped_file_shorter_than_its_shape_is_a_clear_error(data, tmp_path):
+    vectors, _, _ = data
+    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=vectors.shape)
+    mm[:] = vectors
+    mm.flush()
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    os.truncate(tmp_path / "v.npy", (tmp_path / "v.npy").stat().st_size - 4096)
+    with pytest.raises(OSError, match="rows of .*v.npy: the file is shorter than its shape"):
+        find_similar_pairs_partitioned(mapped, 0.9, n_partitions=40)
 
 
 def test_kmeans_centroids_are_unit_and_small_inputs_work():
