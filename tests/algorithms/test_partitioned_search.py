@@ -106,3 +106,22 @@ def test_kmeans_centroids_are_unit_and_small_inputs_work():
         assert got.pairs.shape == (0, 2) or n == 2
     with pytest.raises(ValueError):
         find_similar_pairs_partitioned(vectors, 0.9, max_cells=0)
+
+
+def test_a_row_joins_the_cells_near_its_best_best_first_and_at_most_the_cap():
+    from dataflow.algorithms.partitioned_search import _border_cells
+
+    scores = np.full((3, 200), -0.5, dtype=np.float32)
+    scores[0, [0, 1, 3, 4, 150]] = [0.5, 0.49, 0.48, 0.5, 0.2]
+    scores[1, [70, 199]] = [0.3, 0.28]  # past the first 64-score segment, and the last column
+    scores[2, 5] = 0.9
+    cells = np.empty((3, 3), dtype=np.int32)
+    _border_cells(scores, np.float32(0.03), cells)
+    # Ties keep the earlier column first; the cap keeps the closest three (0.48 is within the border too).
+    np.testing.assert_array_equal(cells, [[0, 4, 1], [70, 199, -1], [5, -1, -1]])
+    wide = np.empty((3, 6), dtype=np.int32)
+    _border_cells(scores, np.float32(0.03), wide)
+    np.testing.assert_array_equal(wide[0], [0, 4, 1, 3, -1, -1])
+    nearest = np.empty((3, 1), dtype=np.int32)
+    _border_cells(scores, np.float32(0.0), nearest)
+    np.testing.assert_array_equal(nearest[:, 0], scores.argmax(axis=1))
