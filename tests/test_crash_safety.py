@@ -190,7 +190,9 @@ def test_lock_imports_and_locks_without_fcntl(tmp_path):
 
 
 POOLED = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # Ctrl-C even where the suite runs with SIGINT ignored (a background job or nohup passes that on).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from dataflow.core.parallel import map_items
     from dataflow.storage.lock import CacheLock
 

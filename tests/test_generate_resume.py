@@ -55,7 +55,11 @@ def generator(server: Server, prompt_suffix: str = "") -> ImageCaptionGenerator:
 
 
 CHILD = """
+import signal
 import sys
+
+# Ctrl-C even where the suite runs with SIGINT ignored (a background job or nohup passes that on).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from dataflow.operators.core_vision.generate.image_caption_generator import ImageCaptionGenerator
 from dataflow.serving import APIVLMServing_openai
 from dataflow.utils.storage import FileStorage
