@@ -65,12 +65,15 @@ def test_no_border_copies_lose_pairs_and_the_estimate_sees_it(data):
     assert full == 1.0
 
 
+def mapped(vectors: np.ndarray, path) -> np.ndarray:
+    """``vectors`` saved to ``path`` and memory-mapped back, read-only."""
+    np.save(path, vectors)
+    return np.load(path, mmap_mode="r")
+
+
 def test_memmapped_vectors_give_the_same_answer(data, tmp_path):
     vectors, _, _ = data
-    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=vectors.shape)
-    mm[:] = vectors
-    mm.flush()
-    again = np.load(tmp_path / "v.npy", mmap_mode="r")
+    again = mapped(vectors, tmp_path / "v.npy")
     a, _ = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=40)
     b, _ = find_similar_pairs_partitioned(again, 0.9, n_partitions=40)
     np.testing.assert_array_equal(a.pairs, b.pairs)
@@ -79,8 +82,7 @@ def test_memmapped_vectors_give_the_same_answer(data, tmp_path):
     d, _ = find_similar_pairs_partitioned(again[1001:], 0.9, n_partitions=40)
     np.testing.assert_array_equal(c.pairs, d.pairs)
     np.testing.assert_array_equal(c.max_similarity, d.max_similarity)
-    np.save(tmp_path / "h.npy", vectors.astype(np.float16))
-    half = np.load(tmp_path / "h.npy", mmap_mode="r")
+    half = mapped(vectors.astype(np.float16), tmp_path / "h.npy")
     e, _ = find_similar_pairs_partitioned(half[7:], 0.9, n_partitions=40)
     f, _ = find_similar_pairs_partitioned(np.asarray(half[7:], dtype=np.float32), 0.9, n_partitions=40)
     np.testing.assert_array_equal(e.pairs, f.pairs)
@@ -88,13 +90,10 @@ def test_memmapped_vectors_give_the_same_answer(data, tmp_path):
 
 def test_a_memory_mapped_file_shorter_than_its_shape_is_a_clear_error(data, tmp_path):
     vectors, _, _ = data
-    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=vectors.shape)
-    mm[:] = vectors
-    mm.flush()
-    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    short = mapped(vectors, tmp_path / "v.npy")
     os.truncate(tmp_path / "v.npy", (tmp_path / "v.npy").stat().st_size - 4096)
     with pytest.raises(OSError, match="rows of .*v.npy: the file is shorter than its shape"):
-        find_similar_pairs_partitioned(mapped, 0.9, n_partitions=40)
+        find_similar_pairs_partitioned(short, 0.9, n_partitions=40)
 
 
 def test_kmeans_centroids_are_unit_and_small_inputs_work():
