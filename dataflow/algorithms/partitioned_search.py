@@ -169,10 +169,12 @@ def _border_cells(scores, border, cells):
         _row_top(row, _row_max(row) - border, cells[r], values)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_pread = _libc.pread
-_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
-_pread.restype = ctypes.c_ssize_t
+try:
+    _pread = ctypes.CDLL(None, use_errno=True).pread
+    _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+    _pread.restype = ctypes.c_ssize_t
+except (AttributeError, OSError, TypeError):  # no C library to call (Windows): mapped rows are indexed
+    _pread = None
 
 
 # One thread: a system call a row is ~1 us from the page cache, and a thread pool woken between two BLAS
@@ -195,7 +197,7 @@ class _Rows:
 
     def __init__(self, vectors: np.ndarray):
         self.vectors, self.fd = vectors, -1
-        source = _file_of(vectors)
+        source = _file_of(vectors) if _pread is not None else None
         if source is not None:
             self.path, self.first = source
             self.fd = os.open(self.path, os.O_RDONLY)

@@ -124,3 +124,13 @@ def test_a_row_joins_the_cells_near_its_best_best_first_and_at_most_the_cap():
     nearest = np.empty((3, 1), dtype=np.int32)
     _border_cells(scores, np.float32(0.0), nearest)
     np.testing.assert_array_equal(nearest[:, 0], scores.argmax(axis=1))
+
+
+def test_without_a_c_library_a_mapping_is_indexed_and_gives_the_same_answer(data, tmp_path, monkeypatch):
+    from dataflow.algorithms import partitioned_search as ps
+
+    vectors, _, _ = data
+    monkeypatch.setattr(ps, "_pread", None)  # as on Windows
+    a, _ = find_similar_pairs_partitioned(mapped(vectors, tmp_path / "v.npy"), 0.9, n_partitions=40)
+    b, _ = find_similar_pairs_partitioned(vectors, 0.9, n_partitions=40)
+    np.testing.assert_array_equal(a.pairs, b.pairs)
