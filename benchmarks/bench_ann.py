@@ -66,7 +66,7 @@ def child(method: str, path: str, n: int, out: str, extra: dict) -> None:
 
         found, stats = find_similar_pairs_partitioned(vectors, THRESHOLD)
         pairs = found.pairs
-        info = {"partitions": stats.n_partitions, "per_row": round(stats.cells_per_row, 3)}
+        info = {"partitions": stats.n_partitions, "per_row": round(stats.cells_per_row, 3), "phases": stats.seconds}
         seconds = time.perf_counter() - started
         recall, sampled = estimate_recall(vectors, THRESHOLD, pairs, sample=512)
         info |= {
@@ -236,7 +236,8 @@ def run(args, work: Path) -> None:
             our_recall,
             ours["wrong"],
             f"{ours['partitions']} partitions, {ours['per_row']} per row; own estimate "
-            f"{ours['own_estimate']:.4f} on {ours['own_estimate_pairs']} pairs (+{ours['estimate_seconds']:.1f} s)",
+            f"{ours['own_estimate']:.4f} on {ours['own_estimate_pairs']} pairs (+{ours['estimate_seconds']:.1f} s); "
+            + ", ".join(f"{phase} {sec:.1f} s" for phase, sec in ours["phases"].items()),
         )
     )
     if args.memmap:

@@ -34,7 +34,8 @@ import ctypes
 import math
 import mmap
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit, prange
@@ -90,6 +91,7 @@ class PartitionStats:
     compared_pairs: int  # pairs scored inside partitions (the exact search scores n(n-1)/2)
     recall: float | None = None  # estimated on a sample (estimate_recall); None when not measured
     recall_pairs: int = 0  # exact pairs the estimate rests on
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: fit, assign, read, search
 
 
 def default_partitions(n: int) -> int:
@@ -405,11 +407,22 @@ def find_similar_pairs_partitioned(
         raise ValueError("n_partitions and max_cells must be >= 1 and border >= 0")
     if n < 2:
         return find_similar_pairs(np.asarray(vectors, dtype=np.float32), threshold), PartitionStats(1, float(n), n, 0)
+    seconds = dict.fromkeys(("fit", "assign", "read", "search"), 0.0)
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] += now - clock
+        clock = now
+
     with _Rows(vectors) as source:
         sample = source.take(sample_rows(n, n_partitions, sample_size, seed))
         centroids = fit_partitions(sample, n_partitions, seed=seed)
+        lap("fit")
         rows, cells = assign_partitions(vectors, centroids, border, max_cells)
         _, partitions = partition_members(rows, cells)
+        lap("assign")
         merger = PairMerger(n)
         compared, largest = 0, 0
         for members in partitions:
@@ -417,12 +430,16 @@ def find_similar_pairs_partitioned(
             if members.size < 2:
                 continue
             compared += members.size * (members.size - 1) // 2
-            merger.add(members, *search_partition(source.take(members), members, threshold))
+            block = source.take(members)
+            lap("read")
+            merger.add(members, *search_partition(block, members, threshold))
+            lap("search")
     stats = PartitionStats(
         n_partitions=len(centroids),
         cells_per_row=rows.size / max(n, 1),
         largest_partition=largest,
         compared_pairs=compared,
+        seconds={phase: round(value, 2) for phase, value in seconds.items()},
     )
     return merger.result(), stats
 

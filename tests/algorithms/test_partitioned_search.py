@@ -47,6 +47,7 @@ def test_partitions_find_a_subset_with_exact_scores_and_high_recall(data):
     assert all(where[k] == s for k, s in zip((got.pairs[:, 0] * n + got.pairs[:, 1]).tolist(), got.similarities))
     assert stats.compared_pairs < n * (n - 1) // 2 / 10  # far fewer comparisons than the exact search
     assert 1.0 < stats.cells_per_row <= 3.0
+    assert set(stats.seconds) == {"fit", "assign", "read", "search"} and min(stats.seconds.values()) >= 0
     # The planted copies at 0.9 or more are found.
     planted_sims = np.einsum("ij,ij->i", vectors[planted[:, 0]], vectors[planted[:, 1]])
     wanted = keys(np.sort(planted[planted_sims >= 0.905], axis=1), n)
