@@ -50,6 +50,7 @@ from dataflow.algorithms.cosine_search import (
 __all__ = [
     "PairMerger",
     "PartitionStats",
+    "RowReader",
     "assign_partitions",
     "default_partitions",
     "estimate_recall",
@@ -192,7 +193,7 @@ def _pread_rows(fd, first, stride, rows, out):
     return short
 
 
-class _Rows:
+class RowReader:
     """Reads rows of ``vectors`` as float32. A memory-mapped file is read with ``pread``, never through
     its mapping: a page fault a row (with fault-around mapping 64 KB each) costs 14x the system call,
     and pages read through the mapping count as the process's memory until unmapped."""
@@ -235,6 +236,8 @@ class _Rows:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    __del__ = close  # a reader kept in a task's cache of open files closes with it
 
     def __enter__(self):
         return self
@@ -304,7 +307,7 @@ def assign_partitions(
     chunk = chunk or rows_per_chunk(len(centroids))
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     cells = np.empty((vectors.shape[0], max_cells), dtype=np.int32)
-    with _Rows(vectors) as source:
+    with RowReader(vectors) as source:
         for start in range(0, vectors.shape[0], chunk):
             scores = _matmul(source.block(start, start + chunk), centroids)
             _border_cells(scores, np.float32(border), cells[start : start + chunk])
@@ -416,7 +419,7 @@ def find_similar_pairs_partitioned(
         seconds[phase] += now - clock
         clock = now
 
-    with _Rows(vectors) as source:
+    with RowReader(vectors) as source:
         sample = source.take(sample_rows(n, n_partitions, sample_size, seed))
         centroids = fit_partitions(sample, n_partitions, seed=seed)
         lap("fit")
@@ -493,7 +496,7 @@ def estimate_recall(
     if n < 2 or sample < 1:
         return None, 0
     rows = recall_rows(n, sample, seed)
-    with _Rows(vectors) as source:
+    with RowReader(vectors) as source:
         queries = source.take(rows)
         found = [
             exact_pairs_with(queries, rows, source.block(start, start + KMEANS_CHUNK), start, threshold)

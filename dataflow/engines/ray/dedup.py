@@ -482,15 +482,17 @@ class _VectorLayout:
 
 
 def _gather(work_dir: str, layout: dict, positions: np.ndarray, files: dict) -> np.ndarray:
-    """The vectors of the sorted ``positions``, read (memory-mapped) from the side files; ``files`` caches
-    the opened ones for the task."""
+    """The vectors of the sorted ``positions``, read from the side files as the local search reads a
+    memory-mapped input (``RowReader``: ``pread``, no page faults); ``files`` caches the task's readers."""
+    from dataflow.algorithms.partitioned_search import RowReader
+
     starts, offsets = layout["starts"], layout["offsets"]
     which = np.searchsorted(starts, positions, side="right") - 1
     parts = []
     for k, lo, hi in zip(*_runs(which)):
         if k not in files:
-            files[k] = np.load(_side_path(work_dir, int(offsets[k]), "vec", "npy"), mmap_mode="r")
-        parts.append(np.asarray(files[k][positions[lo:hi] - starts[k]], dtype=np.float32))
+            files[k] = RowReader(np.load(_side_path(work_dir, int(offsets[k]), "vec", "npy"), mmap_mode="r"))
+        parts.append(files[k].take(positions[lo:hi] - starts[k]))
     return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
 
 
